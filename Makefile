@@ -1,0 +1,33 @@
+# Everything runs in a project-local virtualenv so a fresh machine needs only python3.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_CKPT ?= fixtures/demo/resnet18_acnet
+DEMO_OUT ?= build/resnet18_deploy
+
+.PHONY: install demo test bench clean
+
+$(BIN)/acnet-convert: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/acnet-convert
+
+$(DEMO_CKPT): | install
+	$(BIN)/python fixtures/make_checkpoint.py make $(DEMO_CKPT) --depth 18 --classes 1000 --format vars --input-size 224
+
+demo: install $(DEMO_CKPT)
+	$(BIN)/acnet-convert fuse $(DEMO_CKPT) $(DEMO_OUT) --onnx --force
+	$(BIN)/acnet-convert verify $(DEMO_OUT)
+	@echo "deploy model: $(DEMO_OUT)/inference.json + inference.pdiparams (ONNX: $(DEMO_OUT)/model.onnx)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf build .pytest_cache fixtures/demo

@@ -1,0 +1,3 @@
+from acnet_convert.cli import main
+
+main()

@@ -1,0 +1,71 @@
+"""OUT/manifest.json: what was converted, from what, by which tools, and the fusion table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from acnet_convert import __version__
+from acnet_convert.errors import ConvertError
+from acnet_convert.plan import Plan, arch_depth, resnet
+
+MANIFEST = "manifest.json"
+DEPLOY_WEIGHTS = "deploy.pdparams"
+
+
+def layer_table(plan: Plan, legacy_bias: bool = False) -> list[dict[str, Any]]:
+    rows = []
+    for conv in plan.convs():
+        rows.append(
+            {
+                "name": conv.name,
+                "kind": conv.kind,
+                "kernel": conv.kernel,
+                "stride": conv.stride,
+                "in": conv.in_channels,
+                "out": conv.out_channels,
+                "groups": conv.groups,
+                "params_train": conv.params(deploy=False),
+                "params_deploy": conv.params(deploy=True),
+                "branches_folded": 3 if conv.is_acb else 1,
+                "pre_bn_bias_folded": bool(legacy_bias and conv.is_acb),
+                "deploy_tensors": [conv.deploy_weight, conv.deploy_bias],
+            }
+        )
+    return rows
+
+
+def make_manifest(
+    plan: Plan, input_size: int, source: dict[str, Any], paddle_version: str, legacy_bias: bool, ignored: int
+) -> dict[str, Any]:
+    return {
+        "tool": "acnet-convert",
+        "tool_version": __version__,
+        "paddle_version": paddle_version,
+        "arch": plan.arch,
+        "num_classes": plan.num_classes,
+        "input_size": input_size,
+        "input": {"name": "image", "shape": ["N", 3, input_size, input_size], "dtype": "float32"},
+        "source": source,
+        "ignored_variables": ignored,
+        "layers": layer_table(plan, legacy_bias),
+    }
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    if not Path(out_dir).is_dir():
+        raise ConvertError(f"{out_dir} does not exist or is not a directory")
+    if not path.is_file():
+        raise ConvertError(f"{path} is missing: {out_dir} is not an output of 'acnet-convert fuse'")
+    try:
+        manifest = json.loads(path.read_text())
+        arch_depth(manifest["arch"])
+        int(manifest["num_classes"]), int(manifest["input_size"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConvertError(f"{path} is not a valid manifest ({type(err).__name__}: {err})") from None
+    return manifest
+
+
+def manifest_plan(manifest: dict[str, Any]) -> Plan:
+    return resnet(arch_depth(manifest["arch"]), int(manifest["num_classes"]))

@@ -1,0 +1,92 @@
+"""Paddle realisations of a plan: the train graph (ACB branches with BN) and the deploy graph
+(one Conv2D with bias per plan conv). Parameters carry the legacy / deploy tensor names, so
+`set_state_dict(tensors, use_structured_name=False)` loads a checkpoint or deploy weights."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from acnet_convert.nn import ACBlock, ConvBN
+from acnet_convert.plan import FC_BIAS, FC_WEIGHT, Conv, Plan, resnet
+
+
+def _train_layer(conv: Conv, legacy_bias: bool) -> nn.Layer:
+    args = (conv.in_channels, conv.out_channels, conv.kernel, conv.stride, conv.padding, conv.groups)
+    if conv.is_acb:
+        return ACBlock(*args, name=conv.name, bn_name=conv.bn, square_bias=legacy_bias)
+    return ConvBN(*args, name=conv.name, bn_name=conv.bn)
+
+
+def _deploy_layer(conv: Conv) -> nn.Conv2D:
+    return nn.Conv2D(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel,
+        stride=conv.stride,
+        padding=conv.padding,
+        groups=conv.groups,
+        weight_attr=paddle.ParamAttr(name=conv.deploy_weight),
+        bias_attr=paddle.ParamAttr(name=conv.deploy_bias),
+    )
+
+
+class ResNetACNet(nn.Layer):
+    """A ResNet-ACNet built from its plan; `deploy=True` gives the fused form."""
+
+    def __init__(self, plan: Plan, deploy: bool = False, legacy_bias: bool = False) -> None:
+        super().__init__()
+        self.plan = plan
+        # Dygraph refuses a parameter name used before in the process; each model gets its own
+        # namespace so a train and a deploy model (same legacy names) can live side by side.
+        with paddle.utils.unique_name.guard():
+            self.convs = nn.LayerDict(
+                {c.name: _deploy_layer(c) if deploy else _train_layer(c, legacy_bias) for c in plan.convs()}
+            )
+            self.fc = nn.Linear(
+                plan.features,
+                plan.num_classes,
+                weight_attr=paddle.ParamAttr(name=FC_WEIGHT),
+                bias_attr=paddle.ParamAttr(name=FC_BIAS),
+            )
+
+    def _conv(self, conv: Conv, x: paddle.Tensor) -> paddle.Tensor:
+        y = self.convs[conv.name](x)
+        return F.relu(y) if conv.relu else y
+
+    def forward(self, image: paddle.Tensor) -> paddle.Tensor:
+        x = F.max_pool2d(self._conv(self.plan.stem, image), kernel_size=3, stride=2, padding=1)
+        for block in self.plan.blocks:
+            y = x
+            for conv in block.body:
+                y = self._conv(conv, y)
+            shortcut = x if block.shortcut is None else self._conv(block.shortcut, x)
+            x = F.relu(y + shortcut)
+        x = paddle.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+def load_weights(model: nn.Layer, tensors: Mapping[str, np.ndarray]) -> nn.Layer:
+    """Load tensors keyed by parameter name; every parameter of `model` must be present."""
+    # BN running statistics are parameters of nn.BatchNorm, so this covers them too
+    missing = [p.name for p in model.parameters() if p.name not in tensors]
+    if missing:
+        raise KeyError(f"no tensor for parameter {missing[0]!r}")
+    model.set_state_dict(dict(tensors), use_structured_name=False)
+    model.eval()
+    return model
+
+
+def train_model(plan: Plan, tensors: Mapping[str, np.ndarray]) -> ResNetACNet:
+    legacy_bias = plan.stem.legacy_bias in tensors
+    return load_weights(ResNetACNet(plan, legacy_bias=legacy_bias), tensors)
+
+
+def deploy_model(plan: Plan, weights: Mapping[str, np.ndarray]) -> ResNetACNet:
+    return load_weights(ResNetACNet(plan, deploy=True), weights)
+
+
+__all__ = ["ResNetACNet", "deploy_model", "load_weights", "resnet", "train_model"]

@@ -1,0 +1,57 @@
+"""Shared fixtures: real ACNet checkpoints made by Paddle's legacy static API (fixtures/), made
+once per test session, and their fuse outputs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# glog reads these when paddle is imported; the suite has no use for its chatter
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+from fixtures.make_checkpoint import make_checkpoint  # noqa: E402
+
+TEST_INPUT = 64  # small images keep the Paddle runs fast; ResNet needs >= 32
+NUM_CLASSES = 10
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory):
+    """make(depth, fmt, legacy_bias=False) -> checkpoint directory, cached for the session."""
+    root = tmp_path_factory.mktemp("ckpt")
+    made: dict[tuple, Path] = {}
+
+    def make(depth: int, fmt: str = "vars", legacy_bias: bool = False) -> Path:
+        key = (depth, fmt, legacy_bias)
+        if key not in made:
+            out = root / f"resnet{depth}_{fmt}{'_bias' if legacy_bias else ''}"
+            made[key] = make_checkpoint(out, depth, NUM_CLASSES, fmt=fmt, legacy_bias=legacy_bias, input_size=TEST_INPUT)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def fused(checkpoints, tmp_path_factory: pytest.TempPathFactory):
+    """fused(depth, fmt, legacy_bias=False, onnx=False) -> OUT directory of `fuse`, cached."""
+    from acnet_convert.convert import fuse
+
+    root = tmp_path_factory.mktemp("out")
+    made: dict[tuple, Path] = {}
+
+    def run(depth: int, fmt: str = "vars", legacy_bias: bool = False, onnx: bool = False) -> Path:
+        key = (depth, fmt, legacy_bias, onnx)
+        if key not in made:
+            out = root / f"resnet{depth}_{fmt}{'_bias' if legacy_bias else ''}{'_onnx' if onnx else ''}"
+            fuse(checkpoints(depth, fmt, legacy_bias), out, input_size=TEST_INPUT, onnx=onnx)
+            made[key] = out
+        return made[key]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(4, 3, TEST_INPUT, TEST_INPUT)).astype(np.float32)

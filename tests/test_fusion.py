@@ -1,0 +1,68 @@
+"""The fused KxK conv + bias equals the three conv+BN branches, computed directly in numpy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from acnet_convert.fusion import BatchNorm, add_asymmetric, fold_bn
+from tests.numpy_conv import batch_norm, conv2d
+
+
+def _bn(rng: np.random.Generator, channels: int) -> BatchNorm:
+    return BatchNorm(
+        gamma=rng.normal(1.0, 0.5, channels),
+        beta=rng.normal(0.0, 0.5, channels),
+        mean=rng.normal(0.0, 0.5, channels),
+        variance=rng.uniform(0.1, 2.0, channels),
+    )
+
+
+def _branch(x, kernel, bn, stride, padding, groups, bias=None):
+    y = conv2d(x, kernel, stride, padding, groups)
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1)
+    return batch_norm(y, bn.gamma, bn.beta, bn.mean, bn.variance, bn.epsilon)
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("pre_bias", [False, True])
+def test_fused_acb_equals_three_branches(k: int, stride: int, groups: int, pre_bias: bool) -> None:
+    rng = np.random.default_rng(k * 100 + stride * 10 + groups + pre_bias)
+    cin, cout, p = 8, 12, k // 2
+    x = rng.normal(size=(2, cin, 13, 11))
+    k_sq = rng.normal(size=(cout, cin // groups, k, k))
+    k_ver = rng.normal(size=(cout, cin // groups, k, 1))
+    k_hor = rng.normal(size=(cout, cin // groups, 1, k))
+    bn_sq, bn_ver, bn_hor = _bn(rng, cout), _bn(rng, cout), _bn(rng, cout)
+    b0 = rng.normal(size=cout) if pre_bias else None
+
+    expected = (
+        _branch(x, k_sq, bn_sq, stride, (p, p), groups, b0)
+        + _branch(x, k_ver, bn_ver, stride, (p, 0), groups)
+        + _branch(x, k_hor, bn_hor, stride, (0, p), groups)
+    )
+    kernel, bias = add_asymmetric(fold_bn(k_sq, bn_sq, b0), fold_bn(k_ver, bn_ver), fold_bn(k_hor, bn_hor))
+    fused = conv2d(x, kernel, stride, (p, p), groups) + bias.reshape(1, -1, 1, 1)
+
+    assert kernel.dtype == np.float64 and bias.dtype == np.float64
+    np.testing.assert_allclose(fused, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+def test_fold_bn_float32_inputs_are_folded_in_float64() -> None:
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(4, 3, 1, 1)).astype(np.float32)
+    ref = _bn(rng, 4)
+    bn = BatchNorm(*(a.astype(np.float32) for a in (ref.gamma, ref.beta, ref.mean, ref.variance)))
+    folded, bias = fold_bn(kernel, bn)
+    assert folded.dtype == np.float64
+    x = rng.normal(size=(1, 3, 5, 5))
+    expected = batch_norm(conv2d(x, kernel.astype(np.float64), 1, (0, 0)), *(np.float64(a) for a in (bn.gamma, bn.beta, bn.mean, bn.variance)))
+    np.testing.assert_allclose(conv2d(x, folded, 1, (0, 0)) + bias.reshape(1, -1, 1, 1), expected, atol=1e-12)
+
+
+def test_add_asymmetric_rejects_kernels_that_do_not_fit() -> None:
+    square = (np.zeros((2, 2, 3, 3)), np.zeros(2))
+    with pytest.raises(ValueError):
+        add_asymmetric(square, (np.zeros((2, 2, 5, 1)), np.zeros(2)), (np.zeros((2, 2, 1, 3)), np.zeros(2)))
