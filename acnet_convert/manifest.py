@@ -14,25 +14,17 @@ DEPLOY_WEIGHTS = "deploy.pdparams"
 
 
 def layer_table(plan: Plan, legacy_bias: bool = False) -> list[dict[str, Any]]:
-    rows = []
-    for conv in plan.convs():
-        rows.append(
-            {
-                "name": conv.name,
-                "kind": conv.kind,
-                "kernel": conv.kernel,
-                "stride": conv.stride,
-                "in": conv.in_channels,
-                "out": conv.out_channels,
-                "groups": conv.groups,
-                "params_train": conv.params(deploy=False),
-                "params_deploy": conv.params(deploy=True),
-                "branches_folded": 3 if conv.is_acb else 1,
-                "pre_bn_bias_folded": bool(legacy_bias and conv.is_acb),
-                "deploy_tensors": [conv.deploy_weight, conv.deploy_bias],
-            }
-        )
-    return rows
+    """The per-layer fusion table: what each deploy conv was folded from."""
+    return [
+        {
+            **conv.describe(),
+            "groups": conv.groups,
+            "branches_folded": 3 if conv.is_acb else 1,
+            "pre_bn_bias_folded": bool(legacy_bias and conv.is_acb),
+            "deploy_tensors": [conv.deploy_weight, conv.deploy_bias],
+        }
+        for conv in plan.convs()
+    ]
 
 
 def make_manifest(

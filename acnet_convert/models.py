@@ -58,7 +58,8 @@ class ResNetACNet(nn.Layer):
         return F.relu(y) if conv.relu else y
 
     def forward(self, image: paddle.Tensor) -> paddle.Tensor:
-        x = F.max_pool2d(self._conv(self.plan.stem, image), kernel_size=3, stride=2, padding=1)
+        pool = self.plan.stem_pool
+        x = F.max_pool2d(self._conv(self.plan.stem, image), pool.kernel, pool.stride, pool.padding)
         for block in self.plan.blocks:
             y = x
             for conv in block.body:
@@ -89,4 +90,24 @@ def deploy_model(plan: Plan, weights: Mapping[str, np.ndarray]) -> ResNetACNet:
     return load_weights(ResNetACNet(plan, deploy=True), weights)
 
 
-__all__ = ["ResNetACNet", "deploy_model", "load_weights", "resnet", "train_model"]
+
+
+def resnet18_acnet(num_classes: int = 1000) -> ResNetACNet:
+    """ResNet-18 with every 7x7/3x3 conv an ACBlock, ready to train in dygraph."""
+    return ResNetACNet(resnet(18, num_classes))
+
+
+def resnet34_acnet(num_classes: int = 1000) -> ResNetACNet:
+    return ResNetACNet(resnet(34, num_classes))
+
+
+def resnet50_acnet(num_classes: int = 1000) -> ResNetACNet:
+    return ResNetACNet(resnet(50, num_classes))
+
+
+def resnet101_acnet(num_classes: int = 1000) -> ResNetACNet:
+    return ResNetACNet(resnet(101, num_classes))
+
+
+def resnet152_acnet(num_classes: int = 1000) -> ResNetACNet:
+    return ResNetACNet(resnet(152, num_classes))

@@ -93,6 +93,28 @@ class Conv:
             self.deploy_bias: (self.out_channels,),
         }
 
+    def output_size(self, size: int) -> int:
+        return (size + 2 * self.padding - self.kernel) // self.stride + 1
+
+    def macs(self, out_size: int, deploy: bool) -> int:
+        """Multiply-adds for one image whose output is out_size x out_size. The train form runs
+        all three branches of an ACB (KxK, Kx1, 1xK, all at the output size)."""
+        taps = self.kernel**2 + (0 if deploy or not self.is_acb else 2 * self.kernel)
+        return out_size * out_size * self.out_channels * (self.in_channels // self.groups) * taps
+
+    def describe(self) -> dict[str, object]:
+        """The row of this conv in layer tables (inspect, manifest)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "kernel": self.kernel,
+            "stride": self.stride,
+            "in": self.in_channels,
+            "out": self.out_channels,
+            "params_train": self.params(deploy=False),
+            "params_deploy": self.params(deploy=True),
+        }
+
     def params(self, deploy: bool) -> int:
         """Learned parameters (BN running statistics not counted)."""
         per_kernel = self.out_channels * (self.in_channels // self.groups)
@@ -113,13 +135,24 @@ class Block:
 
 
 @dataclass(frozen=True)
+class Pool:
+    kernel: int
+    stride: int
+    padding: int
+
+    def output_size(self, size: int) -> int:
+        return (size + 2 * self.padding - self.kernel) // self.stride + 1
+
+
+@dataclass(frozen=True)
 class Plan:
     arch: str
     depth: int
     num_classes: int
     stem: Conv
     blocks: tuple[Block, ...]
-    features: int  # channels into the FC head
+    features: int  # channels into the FC head (after global average pooling)
+    stem_pool: Pool = Pool(kernel=3, stride=2, padding=1)  # max-pool after the stem
 
     def convs(self) -> Iterator[Conv]:
         """Every conv in execution order: stem, then each block's body and its shortcut."""
@@ -128,6 +161,26 @@ class Plan:
             yield from block.body
             if block.shortcut is not None:
                 yield block.shortcut
+
+    def output_sizes(self, input_size: int) -> Iterator[tuple[Conv, int]]:
+        """Each conv, in `convs()` order, with its output height (= width) for a square input."""
+        size = self.stem.output_size(input_size)
+        yield self.stem, size
+        size = self.stem_pool.output_size(size)
+        for block in self.blocks:
+            x = size
+            for conv in block.body:
+                x = conv.output_size(x)
+                yield conv, x
+            if block.shortcut is not None:
+                yield block.shortcut, block.shortcut.output_size(size)
+            size = x
+
+    def macs(self, input_size: int, deploy: bool) -> int:
+        """Multiply-adds for one image: every conv and the FC (BN, bias, ReLU, pooling and the
+        residual adds are not counted)."""
+        convs = sum(conv.macs(size, deploy) for conv, size in self.output_sizes(input_size))
+        return convs + self.features * self.num_classes
 
     def fc_tensors(self) -> dict[str, tuple[int, ...]]:
         # Paddle's FC weight is in-by-out
