@@ -47,7 +47,7 @@ def inspect_checkpoint(path: Path, input_size: int | None = None) -> dict[str, A
     from acnet_convert.checkpoint import read_checkpoint
     from acnet_convert.validate import check_tensors, detect_plan
 
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, digest=False)
     tensors = checkpoint.tensors
     num_classes = None
     if FC_BIAS not in tensors and FC_WEIGHT in tensors and len(tensors[FC_WEIGHT].shape) == 2:

@@ -1,0 +1,94 @@
+"""atheris fuzz target for acnet_convert.checkpoint.read_lod_tensor.
+
+Any exception other than ConvertError is a finding, as is a returned array that is not a
+writable C-contiguous array no larger than the input.
+
+    .venv/bin/pip install atheris
+    mkdir -p /tmp/lod-corpus
+    .venv/bin/python fuzz/fuzz_lod_tensor.py --seed-corpus /tmp/lod-corpus   # write seeds
+    .venv/bin/python fuzz/fuzz_lod_tensor.py /tmp/lod-corpus -max_total_time=120 -rss_limit_mb=1024
+"""
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+with atheris.instrument_imports(include=["acnet_convert"]):
+    from acnet_convert.checkpoint import read_lod_tensor
+    from acnet_convert.errors import ConvertError
+
+import numpy as np  # noqa: E402  (not instrumented)
+
+
+def _varint(v: int) -> bytes:
+    v &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def _lod(code: int, dims, data: bytes, lod=(), packed=False) -> bytes:
+    d = b"\x08" + _varint(code)
+    if packed and dims:
+        body = b"".join(_varint(x) for x in dims)
+        d += b"\x12" + _varint(len(body)) + body
+    else:
+        d += b"".join(b"\x10" + _varint(x) for x in dims)
+    out = struct.pack("<IQ", 0, len(lod))
+    for level in lod:
+        out += struct.pack("<Q", 8 * len(level)) + struct.pack(f"<{len(level)}Q", *level)
+    return out + struct.pack("<Ii", 0, len(d)) + d + data
+
+
+def seeds() -> dict[str, bytes]:
+    w = np.arange(24, dtype="<f4").reshape(2, 3, 2, 2)
+    return {
+        "fp32_4d": _lod(5, w.shape, w.tobytes()),
+        "fp64_1d_packed": _lod(6, [3], np.ones(3, "<f8").tobytes(), packed=True),
+        "int64_lod": _lod(3, [3, 1], np.arange(3, dtype="<i8").tobytes(), lod=[[0, 1, 3]]),
+        "fp16": _lod(4, [2], np.ones(2, "<f2").tobytes()),
+        "bool": _lod(0, [3], b"\x00\x01\x02"),
+        "scalar": _lod(5, [], b"\x00\x00\x50\x40"),
+        "empty": _lod(5, [0, 4], b""),
+        "uint8": _lod(20, [2], b"\x01\xff"),
+    }
+
+
+def TestOneInput(data: bytes) -> None:
+    try:
+        arr = read_lod_tensor(data, "fuzz")
+    except ConvertError as e:
+        msg = str(e)
+        if not msg.startswith("fuzz") or "\n" in msg:
+            raise AssertionError(f"bad error message: {msg!r}") from None
+        return
+    if type(arr) is not np.ndarray or not arr.flags.c_contiguous or not arr.flags.writeable:
+        raise AssertionError("result is not a writable C-contiguous ndarray")
+    if arr.nbytes > len(data):
+        raise AssertionError(f"array of {arr.nbytes} bytes from {len(data)} input bytes")
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--seed-corpus":
+        out = Path(sys.argv[2])
+        out.mkdir(parents=True, exist_ok=True)
+        for name, blob in seeds().items():
+            (out / name).write_bytes(blob)
+        print(f"wrote {len(seeds())} seeds to {out}")
+        return
+    for blob in seeds().values():  # the seeds themselves must parse
+        TestOneInput(blob)
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
