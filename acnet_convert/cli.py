@@ -208,7 +208,11 @@ def inspect(ui: Output, path: Path, as_json: bool, input_size: int | None) -> No
 
 
 def main() -> None:
-    cli(prog_name="acnet-convert")
+    try:
+        cli(prog_name="acnet-convert")
+    except KeyboardInterrupt:  # while click parses, before a command's own handler is up
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
