@@ -139,7 +139,8 @@ def fuse(ui: Output, ckpt: Path, **options: Any) -> None:
         f"fused {plan.arch} ({plan.num_classes} classes): {acbs} ACBs and {plain} conv+BN into "
         f"{acbs + plain} convs; ignored {len(result.checkpoint.ignored)} non-weight variables"
     )
-    ui.result(f"deploy model: {result.out_dir / 'inference.json'} (+ inference.pdiparams, deploy.pdparams, manifest.json)")
+    files = ", ".join(sorted(p.name for p in result.out_dir.iterdir()))
+    ui.result(f"deploy model: {result.out_dir / 'inference.json'} (wrote {files})")
 
 
 @cli.command()
