@@ -15,8 +15,9 @@ $(BIN)/acnet-convert: pyproject.toml
 
 install: $(BIN)/acnet-convert
 
+# trained on small images to be quick: the weights do not depend on the input size
 $(DEMO_CKPT): | install
-	$(BIN)/python fixtures/make_checkpoint.py make $(DEMO_CKPT) --depth 18 --classes 1000 --format vars --input-size 224
+	$(BIN)/python fixtures/make_checkpoint.py make $(DEMO_CKPT) --depth 18 --classes 1000 --format vars --input-size 64
 
 demo: install $(DEMO_CKPT)
 	$(BIN)/acnet-convert fuse $(DEMO_CKPT) $(DEMO_OUT) --onnx --force

@@ -51,10 +51,12 @@ def test_real_processes_are_quiet(checkpoints, tmp_path: Path) -> None:
     export = cli_run("export-onnx", out)
     assert export.returncode == 0, export.stderr
     assert export.stdout.strip() == f"wrote {out / 'model.onnx'} (opset 17, batch dynamic)"
-    verify = cli_run("verify", out, "--batches", "1", "--json", tmp_path / "report.json")
+    verify = cli_run("verify", out, "--batches", "1", "--per-layer", "--json", tmp_path / "report.json")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.strip().splitlines()[-1] == "MATCH"
-    assert json.loads((tmp_path / "report.json").read_text())["ok"] is True
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["ok"] is True
+    assert _keys(report) == _readme_report_keys()
     inspect = cli_run("inspect", out)
     assert inspect.returncode == 0 and "resnet18" in inspect.stdout
     for result in (fuse, export, verify, inspect):
@@ -75,6 +77,21 @@ def test_verbose_lets_paddle_speak(checkpoints, tmp_path: Path) -> None:
     result = cli_run("-v", "fuse", checkpoints(18, "vars"), tmp_path / "out", "--input-size", TEST_INPUT)
     assert result.returncode == 0
     assert NOISE.search(result.stderr)
+
+
+def _keys(value) -> set[str]:
+    if isinstance(value, dict):
+        return set(value).union(*(_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value))
+    return set()
+
+
+def _readme_report_keys() -> set[str]:
+    """Every key the README's JSON report schema names."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("JSON report schema:", 1)[1].split("```", 2)[1]
+    return set(re.findall(r'"([a-z0-9_]+)":', block))
 
 
 def _documented_commands() -> dict[str, set[str]]:
