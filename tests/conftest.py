@@ -55,3 +55,20 @@ def fused(checkpoints, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def images() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(4, 3, TEST_INPUT, TEST_INPUT)).astype(np.float32)
+
+
+@pytest.fixture
+def ort_providers_asked(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Records the providers every onnxruntime.InferenceSession is asked for (and still
+    creates the real session), so a test can prove CUDA is never requested without a GPU."""
+    import onnxruntime
+
+    asked: list[list[str]] = []
+    real_session = onnxruntime.InferenceSession
+
+    def spy(path, sess_options=None, providers=None):
+        asked.append(list(providers))
+        return real_session(path, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    return asked

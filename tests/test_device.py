@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 
 import onnx
-import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
@@ -122,7 +121,7 @@ def _identity_model(path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
 
 
-def test_real_machine_never_asks_ort_for_cuda_without_a_gpu(monkeypatch, tmp_path) -> None:
+def test_real_machine_never_asks_ort_for_cuda_without_a_gpu(monkeypatch, tmp_path, ort_providers_asked) -> None:
     """On this machine (no GPU, onnxruntime-gpu installed), the real detection keeps ORT on the CPU."""
     import numpy as np
 
@@ -135,14 +134,7 @@ def test_real_machine_never_asks_ort_for_cuda_without_a_gpu(monkeypatch, tmp_pat
     assert chosen.name == "cpu" and chosen.ort_providers == (CPU_PROVIDER,)
     assert chosen.notes[0].startswith("using the CPU (no CUDA GPU: ")
 
-    asked = []
-    real_session = onnxruntime.InferenceSession
-
-    def spy(path, sess_options=None, providers=None):
-        asked.append(list(providers))
-        return real_session(path, sess_options=sess_options, providers=providers)
-
-    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    asked = ort_providers_asked
     _identity_model(tmp_path / "m.onnx")
     run = onnx_session(tmp_path / "m.onnx", chosen)
     assert asked == [[CPU_PROVIDER]]

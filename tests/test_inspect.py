@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from acnet_convert.checkpoint import read_checkpoint
 from acnet_convert.cli import cli
-from acnet_convert.inspect import inspect_path, layer_rows
+from acnet_convert.inspect import layer_rows
 from acnet_convert.plan import resnet
 from tests.conftest import NUM_CLASSES, TEST_INPUT
 

@@ -8,7 +8,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 import pytest
 from click.testing import CliRunner
 
@@ -68,15 +67,8 @@ def _assert_match(report: VerifyReport, pairs: int) -> None:
     assert report.source.checked
 
 
-def test_resnet18_graphs_agree(out18, monkeypatch) -> None:
-    asked = []
-    real_session = onnxruntime.InferenceSession
-
-    def spy(path, sess_options=None, providers=None):
-        asked.append(list(providers))
-        return real_session(path, sess_options=sess_options, providers=providers)
-
-    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+def test_resnet18_graphs_agree(out18, ort_providers_asked) -> None:
+    asked = ort_providers_asked
     notes, tracked = [], []
 
     def track(items, label):
