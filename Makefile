@@ -20,6 +20,7 @@ $(DEMO_CKPT): | install
 	$(BIN)/python fixtures/make_checkpoint.py make $(DEMO_CKPT) --depth 18 --classes 1000 --format vars --input-size 64
 
 demo: install $(DEMO_CKPT)
+	mkdir -p $(dir $(DEMO_OUT))
 	$(BIN)/acnet-convert fuse $(DEMO_CKPT) $(DEMO_OUT) --onnx --force
 	$(BIN)/acnet-convert verify $(DEMO_OUT)
 	@echo "deploy model: $(DEMO_OUT)/inference.json + inference.pdiparams (ONNX: $(DEMO_OUT)/model.onnx)"
