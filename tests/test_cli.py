@@ -126,3 +126,30 @@ def test_python_dash_m_is_the_same_cli() -> None:
     assert result.returncode == 0
     for command in ("fuse", "verify", "export-onnx", "inspect"):
         assert command in result.stdout
+
+
+def test_progress_bar_on_a_terminal(checkpoints, tmp_path: Path) -> None:
+    """stderr on a terminal gets a progress bar for the fusion; piped (above) it gets none."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "acnet_convert", "fuse", str(checkpoints(18, "vars")), str(tmp_path / "out"),
+         "--input-size", str(TEST_INPUT)],
+        stdout=subprocess.PIPE, stderr=follower, text=True,
+    )
+    os.close(follower)
+    proc.communicate(timeout=600)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed when the child exited
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"fusing" in seen and b"21/21" in seen
