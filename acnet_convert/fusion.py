@@ -24,8 +24,8 @@ def fold_bn(kernel: np.ndarray, bn: BatchNorm, bias: np.ndarray | None = None) -
     """conv(x, K) + b followed by BN  ==  conv(x, K * t) + beta + (b - mean) * t,
     with t = gamma / sqrt(var + eps) per output channel."""
     t = np.asarray(bn.gamma, np.float64) / np.sqrt(np.asarray(bn.variance, np.float64) + bn.epsilon)
-    folded_kernel = np.array(kernel, np.float64)  # always a copy: scaled in place below
-    folded_kernel *= t.reshape(-1, 1, 1, 1)
+    # a float32 kernel times a float64 scale is computed in float64 without a separate copy
+    folded_kernel = np.asarray(kernel) * t.reshape(-1, 1, 1, 1)
     pre_bias = np.zeros_like(t) if bias is None else np.asarray(bias, np.float64)
     folded_bias = np.asarray(bn.beta, np.float64) + (pre_bias - np.asarray(bn.mean, np.float64)) * t
     return folded_kernel, folded_bias

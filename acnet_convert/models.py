@@ -22,6 +22,8 @@ def _train_layer(conv: Conv, legacy_bias: bool) -> nn.Layer:
 
 
 def _deploy_layer(conv: Conv) -> nn.Conv2D:
+    # zero-initialised: the fused weights overwrite them, and random init costs ~1 s on ResNet-50
+    zero = paddle.nn.initializer.Constant(0.0)
     return nn.Conv2D(
         conv.in_channels,
         conv.out_channels,
@@ -29,8 +31,8 @@ def _deploy_layer(conv: Conv) -> nn.Conv2D:
         stride=conv.stride,
         padding=conv.padding,
         groups=conv.groups,
-        weight_attr=paddle.ParamAttr(name=conv.deploy_weight),
-        bias_attr=paddle.ParamAttr(name=conv.deploy_bias),
+        weight_attr=paddle.ParamAttr(name=conv.deploy_weight, initializer=zero),
+        bias_attr=paddle.ParamAttr(name=conv.deploy_bias, initializer=zero),
     )
 
 

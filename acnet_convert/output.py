@@ -56,6 +56,10 @@ def staged_dir(out: Path, force: bool = False) -> Iterator[Path]:
     _remove_stale_partials(out)
     try:
         stage = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(out)}{os.getpid()}-", dir=out.parent))
+        # mkdtemp makes it 0700; OUT should get the permissions a plain mkdir would give it
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)
     except OSError as err:
         raise ConvertError(f"cannot create a staging folder beside {out}: {err.strerror}") from None
     try:

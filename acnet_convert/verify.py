@@ -405,6 +405,8 @@ def onnx_session(path: Path, device: Device) -> Runner:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = _cpu_threads()
+        # Paddle runs between ORT's batches: ORT's spinning threads would steal its cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=list(device.ort_providers))
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types

@@ -3,6 +3,7 @@ program (fixtures/, Paddle's own API) computes on the same checkpoint."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -72,6 +73,9 @@ def test_outputs_and_manifest(fused, checkpoints) -> None:
     assert not any("acver" in name or "achor" in name or name.startswith("bn") for name in weights)
     assert weights["conv1_acsquare_weights"].dtype == np.float32
     assert not list(out.parent.glob(".*partial*"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it, not 0700
 
 
 def test_legacy_pre_bn_bias_is_folded(fused, checkpoints, images) -> None:
