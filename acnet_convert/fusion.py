@@ -31,19 +31,23 @@ def fold_bn(kernel: np.ndarray, bn: BatchNorm, bias: np.ndarray | None = None) -
     return folded_kernel, folded_bias
 
 
-def add_asymmetric(
-    square: tuple[np.ndarray, np.ndarray],
-    vertical: tuple[np.ndarray, np.ndarray],
-    horizontal: tuple[np.ndarray, np.ndarray],
+def fuse_acb(
+    square: tuple[np.ndarray, BatchNorm],
+    vertical: tuple[np.ndarray, BatchNorm],
+    horizontal: tuple[np.ndarray, BatchNorm],
+    square_bias: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sum a KxK, a Kx1 and a 1xK (kernel, bias): the Kx1 lands on the centre column and the
-    1xK on the centre row, which is exact because the train graph pads them to stay centred."""
-    kernel = np.array(square[0], np.float64)
+    """KxK conv+BN + Kx1 conv+BN + 1xK conv+BN  ==  one KxK conv + bias: fold each BN, then add
+    the Kx1 kernel to the centre column and the 1xK to the centre row. Exact because the train
+    graph pads the asymmetric branches to stay centred. `square_bias` is a pre-BN conv bias."""
+    kernel, bias = fold_bn(*square, bias=square_bias)  # a fresh float64 array: summed into in place
     k_h, k_w = kernel.shape[2:]
     if vertical[0].shape[2:] != (k_h, 1) or horizontal[0].shape[2:] != (1, k_w):
         raise ValueError(
             f"asymmetric kernels {vertical[0].shape} and {horizontal[0].shape} do not fit square {kernel.shape}"
         )
-    kernel[:, :, :, k_w // 2 : k_w // 2 + 1] += vertical[0]
-    kernel[:, :, k_h // 2 : k_h // 2 + 1, :] += horizontal[0]
-    return kernel, np.asarray(square[1], np.float64) + vertical[1] + horizontal[1]
+    k_ver, b_ver = fold_bn(*vertical)
+    k_hor, b_hor = fold_bn(*horizontal)
+    kernel[:, :, :, k_w // 2 : k_w // 2 + 1] += k_ver
+    kernel[:, :, k_h // 2 : k_h // 2 + 1, :] += k_hor
+    return kernel, bias + b_ver + b_hor

@@ -9,7 +9,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from acnet_convert.fusion import BatchNorm, add_asymmetric, fold_bn
+from acnet_convert.fusion import BatchNorm, fold_bn, fuse_acb
 
 
 def _attr(name: str | None) -> paddle.ParamAttr | None:
@@ -154,12 +154,12 @@ class ACBlock(nn.Layer):
 
     def fuse(self) -> nn.Conv2D:
         square_bias = None if self.square.bias is None else self.square.bias.numpy()
-        branches = (
-            fold_bn(self.square.weight.numpy(), _bn_arrays(self.square_bn), square_bias),
-            fold_bn(self.ver.weight.numpy(), _bn_arrays(self.ver_bn)),
-            fold_bn(self.hor.weight.numpy(), _bn_arrays(self.hor_bn)),
+        kernel, bias = fuse_acb(
+            (self.square.weight.numpy(), _bn_arrays(self.square_bn)),
+            (self.ver.weight.numpy(), _bn_arrays(self.ver_bn)),
+            (self.hor.weight.numpy(), _bn_arrays(self.hor_bn)),
+            square_bias,
         )
-        kernel, bias = add_asymmetric(*branches)
         return _fused_conv(self.square, kernel, bias, *self._deploy_names)
 
 

@@ -6,7 +6,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from acnet_convert.fusion import BatchNorm, add_asymmetric, fold_bn
+from acnet_convert.fusion import BatchNorm, fold_bn, fuse_acb
 from acnet_convert.plan import BRANCHES, Conv, Plan
 
 
@@ -23,15 +23,8 @@ def fuse_conv(conv: Conv, tensors: Mapping[str, np.ndarray]) -> tuple[np.ndarray
     """The float64 deploy (kernel, bias) of one plan conv from its train-form tensors."""
     if not conv.is_acb:
         return fold_bn(tensors[f"{conv.name}_weights"], _bn(tensors, conv.bn))
-    square, vertical, horizontal = (
-        fold_bn(
-            tensors[f"{conv.name}_{b}_weights"],
-            _bn(tensors, f"{conv.bn}_{b}"),
-            tensors.get(conv.legacy_bias) if b == "acsquare" else None,
-        )
-        for b in BRANCHES
-    )
-    return add_asymmetric(square, vertical, horizontal)
+    square, vertical, horizontal = ((tensors[f"{conv.name}_{b}_weights"], _bn(tensors, f"{conv.bn}_{b}")) for b in BRANCHES)
+    return fuse_acb(square, vertical, horizontal, tensors.get(conv.legacy_bias))
 
 
 def deploy_weights(

@@ -192,6 +192,13 @@ def finish(rows: list[Row], args: argparse.Namespace, details: str = "") -> None
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
 
+def run_part(run, doc: str) -> None:
+    """The command line of one part: parse --quick/--json, run it, print and save its rows."""
+    args = parser(doc.splitlines()[0]).parse_args()
+    rows, details = run(args.quick)
+    finish(rows, args, details)
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 

@@ -32,11 +32,10 @@ from _common import (
     Row,
     checkpoint_dir,
     dir_bytes,
-    finish,
     median,
     mib,
     note,
-    parser,
+    run_part,
 )
 
 TARGET_WALL_S = 10.0
@@ -208,9 +207,7 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         child(Path(sys.argv[2]), sys.argv[3:])
         return
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    rows, details = run(args.quick)
-    finish(rows, args, details)
+    run_part(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from _common import Row, finish, interleaved, median, note, paired_ratio, parser
+from _common import Row, interleaved, median, note, paired_ratio, run_part
 
 from acnet_convert.plan import BN_FIELDS, BRANCHES, Plan, resnet
 from acnet_convert.reparam import deploy_weights
@@ -159,9 +159,7 @@ def run(quick: bool) -> tuple[list[Row], str]:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    rows, details = run(args.quick)
-    finish(rows, args, details)
+    run_part(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -28,14 +28,13 @@ from _common import (
     Row,
     checkpoint_dir,
     deploy_dir,
-    finish,
     interleaved,
     median,
     ms,
     note,
     paired_ratio,
-    parser,
     ratio_spread,
+    run_part,
 )
 
 TARGET_DEPLOY_PLAIN = 1.02
@@ -213,9 +212,7 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--ops-child":
         _ops_child(Path(sys.argv[2]))
         return
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    rows, details = run(args.quick)
-    finish(rows, args, details)
+    run_part(run, __doc__)
 
 
 if __name__ == "__main__":

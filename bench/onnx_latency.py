@@ -17,14 +17,13 @@ from _common import (
     Row,
     checkpoint_dir,
     deploy_dir,
-    finish,
     interleaved,
     median,
     ms,
     note,
     paired_ratio,
-    parser,
     ratio_spread,
+    run_part,
 )
 from latency import CONFIG_TEXT, PaddlePredictor, batch_input, rounds_for
 
@@ -114,9 +113,7 @@ def run(quick: bool) -> tuple[list[Row], str]:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    rows, details = run(args.quick)
-    finish(rows, args, details)
+    run_part(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from acnet_convert.fusion import BatchNorm, add_asymmetric, fold_bn
+from acnet_convert.fusion import BatchNorm, fold_bn, fuse_acb
 from tests.numpy_conv import batch_norm, conv2d
 
 
@@ -43,7 +43,7 @@ def test_fused_acb_equals_three_branches(k: int, stride: int, groups: int, pre_b
         + _branch(x, k_ver, bn_ver, stride, (p, 0), groups)
         + _branch(x, k_hor, bn_hor, stride, (0, p), groups)
     )
-    kernel, bias = add_asymmetric(fold_bn(k_sq, bn_sq, b0), fold_bn(k_ver, bn_ver), fold_bn(k_hor, bn_hor))
+    kernel, bias = fuse_acb((k_sq, bn_sq), (k_ver, bn_ver), (k_hor, bn_hor), b0)
     fused = conv2d(x, kernel, stride, (p, p), groups) + bias.reshape(1, -1, 1, 1)
 
     assert kernel.dtype == np.float64 and bias.dtype == np.float64
@@ -62,7 +62,12 @@ def test_fold_bn_float32_inputs_are_folded_in_float64() -> None:
     np.testing.assert_allclose(conv2d(x, folded, 1, (0, 0)) + bias.reshape(1, -1, 1, 1), expected, atol=1e-12)
 
 
-def test_add_asymmetric_rejects_kernels_that_do_not_fit() -> None:
-    square = (np.zeros((2, 2, 3, 3)), np.zeros(2))
+def test_fuse_acb_rejects_kernels_that_do_not_fit_and_leaves_inputs_alone() -> None:
+    rng = np.random.default_rng(5)
+    bn = _bn(rng, 2)
+    square = rng.normal(size=(2, 2, 3, 3))
     with pytest.raises(ValueError):
-        add_asymmetric(square, (np.zeros((2, 2, 5, 1)), np.zeros(2)), (np.zeros((2, 2, 1, 3)), np.zeros(2)))
+        fuse_acb((square, bn), (np.zeros((2, 2, 5, 1)), bn), (np.zeros((2, 2, 1, 3)), bn))
+    before = square.copy()
+    fuse_acb((square, bn), (np.ones((2, 2, 3, 1)), bn), (np.ones((2, 2, 1, 3)), bn))
+    np.testing.assert_array_equal(square, before)
