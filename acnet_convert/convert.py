@@ -12,7 +12,7 @@ import numpy as np
 
 from acnet_convert.checkpoint import Checkpoint, read_checkpoint
 from acnet_convert.errors import ConvertError
-from acnet_convert.manifest import DEPLOY_WEIGHTS, MANIFEST, make_manifest
+from acnet_convert.manifest import DEPLOY_WEIGHTS, MANIFEST, ONNX_MODEL, make_manifest
 from acnet_convert.output import check_destination, staged_dir
 from acnet_convert.plan import Conv, Plan
 from acnet_convert.quiet import import_paddle, silenced
@@ -24,7 +24,7 @@ from acnet_convert.validate import check_tensors, detect_plan
 class FuseResult:
     out_dir: Path
     plan: Plan
-    checkpoint: Checkpoint
+    checkpoint: Checkpoint  # its tensors are released once fused; names, sha256, ignored remain
     manifest: dict[str, Any]
     warnings: list[str]
     timings: dict[str, float] = field(default_factory=dict)
@@ -91,7 +91,7 @@ def fuse(
             if onnx:
                 from acnet_convert.onnx_writer import build_onnx, onnx_metadata, write_onnx
 
-                write_onnx(build_onnx(plan, weights, input_size, metadata=onnx_metadata(manifest)), stage / "model.onnx")
+                write_onnx(build_onnx(plan, weights, input_size, metadata=onnx_metadata(manifest)), stage / ONNX_MODEL)
             (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         except OSError as err:
             raise ConvertError(f"cannot write {out}: {err.strerror or err}") from None

@@ -11,6 +11,7 @@ from acnet_convert.plan import Plan, arch_depth, resnet
 
 MANIFEST = "manifest.json"
 DEPLOY_WEIGHTS = "deploy.pdparams"
+ONNX_MODEL = "model.onnx"
 
 
 def layer_table(plan: Plan, legacy_bias: bool = False) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 import acnet_convert
 from acnet_convert.checkpoint import load_pickle
 from acnet_convert.errors import ConvertError
-from acnet_convert.manifest import DEPLOY_WEIGHTS, manifest_plan, read_manifest
+from acnet_convert.manifest import DEPLOY_WEIGHTS, ONNX_MODEL, manifest_plan, read_manifest
 from acnet_convert.plan import FC, FC_BIAS, FC_WEIGHT, Conv, Plan
 
 MIN_OPSET, MAX_OPSET = 13, 21
@@ -201,6 +201,6 @@ def export_onnx(out_dir: Path, output: Path | None = None, opset: int = 17, stat
         )
     except ConvertError as e:
         raise ConvertError(f"{weights_path}: {e}") from None
-    output = out_dir / "model.onnx" if output is None else Path(output)
+    output = out_dir / ONNX_MODEL if output is None else Path(output)
     write_onnx(model, output)
     return output

@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 
 from acnet_convert.errors import ConvertError
-from acnet_convert.plan import DEPTHS, FC_BIAS, FC_WEIGHT, Plan, arch_depth, resnet
+from acnet_convert.plan import DEPTHS, FC_BIAS, Plan, arch_depth, resnet
 
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -57,13 +57,17 @@ def check_tensors(plan: Plan, tensors: Mapping[str, np.ndarray], source: str, al
         missing = next(name for name in optional if name not in tensors)
         raise ConvertError(f"{source}: missing {_describe(plan, missing)}: the checkpoint has pre-BN square biases for some blocks but not this one")
     warnings = []
-    dtype = np.asarray(tensors[FC_WEIGHT]).dtype
+    # every tensor shares the stem's float dtype: the deploy weights are cast to it once
+    stem = plan.stem.train_tensors()
+    dtype = np.asarray(tensors[next(iter(stem))]).dtype
+    if dtype not in _FLOAT_DTYPES:
+        dtype = np.dtype(np.float32)
     for name, shape in {**expected, **{n: optional[n] for n in legacy}}.items():
         array = np.asarray(tensors[name])
         if tuple(array.shape) != tuple(shape):
             raise ConvertError(f"{source}: {_describe(plan, name)} has shape {list(array.shape)}, expected {list(shape)}")
         if array.dtype not in _FLOAT_DTYPES or array.dtype != dtype:
-            raise ConvertError(f"{source}: {_describe(plan, name)} has dtype {array.dtype}, expected {dtype} like {FC_WEIGHT!r}")
+            raise ConvertError(f"{source}: {_describe(plan, name)} has dtype {array.dtype}, expected {dtype} like the rest of the checkpoint")
         if not np.isfinite(array).all():
             message = f"{source}: {_describe(plan, name)} holds NaN or Inf"
             if not allow_nonfinite:

@@ -57,12 +57,11 @@ import numpy as np
 
 from acnet_convert.device import Device, resolve_device
 from acnet_convert.errors import ConvertError
-from acnet_convert.manifest import DEPLOY_WEIGHTS, MANIFEST, manifest_plan, read_manifest
+from acnet_convert.manifest import DEPLOY_WEIGHTS, MANIFEST, ONNX_MODEL, manifest_plan, read_manifest
 from acnet_convert.plan import Plan
 from acnet_convert.quiet import import_paddle, silenced
 
 TRAIN, DEPLOY, ONNX = "train", "paddle-deploy", "onnx"
-ONNX_FILE = "model.onnx"
 MODEL_PREFIX = "inference"
 REL_FLOOR = 1e-12  # denominator floor of the relative error: all-zero logits do not divide by 0
 MAX_THREADS = 8
@@ -539,7 +538,7 @@ def verify(
     plan = manifest_plan(manifest)
     input_size = int(manifest["input_size"])
     program, params = _model_files(out_dir)
-    onnx_path = out_dir / ONNX_FILE
+    onnx_path = out_dir / ONNX_MODEL
     has_onnx = onnx_path.is_file()
     images = load_inputs(inputs, input_size, batch_size) if inputs is not None else (
         random_batches(batch_size, batches, input_size, seed)
@@ -558,7 +557,7 @@ def verify(
     if has_onnx:
         runners[ONNX] = onnx_session(onnx_path, target)
     else:
-        note(f"no {ONNX_FILE} in {out_dir}: comparing the train graph and the Paddle deploy model only")
+        note(f"no {ONNX_MODEL} in {out_dir}: comparing the train graph and the Paddle deploy model only")
     checkpoint, plan, source = _load_train_source(manifest, out_dir, ckpt, note)
 
     paddle = import_paddle()
