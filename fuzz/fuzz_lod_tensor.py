@@ -10,7 +10,6 @@ writable C-contiguous array no larger than the input.
 """
 from __future__ import annotations
 
-import struct
 import sys
 from pathlib import Path
 
@@ -24,28 +23,11 @@ with atheris.instrument_imports(include=["acnet_convert"]):
 
 import numpy as np  # noqa: E402  (not instrumented)
 
-
-def _varint(v: int) -> bytes:
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
+from tests.lod_bytes import lod_file  # noqa: E402
 
 
 def _lod(code: int, dims, data: bytes, lod=(), packed=False) -> bytes:
-    d = b"\x08" + _varint(code)
-    if packed and dims:
-        body = b"".join(_varint(x) for x in dims)
-        d += b"\x12" + _varint(len(body)) + body
-    else:
-        d += b"".join(b"\x10" + _varint(x) for x in dims)
-    out = struct.pack("<IQ", 0, len(lod))
-    for level in lod:
-        out += struct.pack("<Q", 8 * len(level)) + struct.pack(f"<{len(level)}Q", *level)
-    return out + struct.pack("<Ii", 0, len(d)) + d + data
+    return lod_file(code=code, dims=list(dims), data=data, lod=lod, packed=packed)
 
 
 def seeds() -> dict[str, bytes]:
