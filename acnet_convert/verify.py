@@ -3,7 +3,8 @@
 Three graphs run on the same inputs:
 
 * ``train``: the train graph (ACB branches, BatchNorm in inference mode) built by
-  `models.train_model` in Paddle dygraph from the source checkpoint;
+  `models.train_model` from the source checkpoint, saved as a program and run by
+  paddle.inference with graph passes off, so every branch and BN runs as written;
 * ``paddle-deploy``: OUT/inference.json + inference.pdiparams through `paddle.inference`
   (`Config` + `create_predictor`), the artifact users deploy;
 * ``onnx``: OUT/model.onnx under ONNX Runtime, when the file exists.
@@ -49,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -367,13 +369,15 @@ def _cpu_threads() -> int:
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def paddle_predictor(program: Path, params: Path, device: Device) -> Runner:
-    """The deployed model through paddle.inference, as users run it."""
+def paddle_predictor(program: Path, params: Path, device: Device, ir_optim: bool = True) -> Runner:
+    """A Paddle inference model through paddle.inference, as users run it. `ir_optim=False`
+    runs the program as written (no BN folding or other graph passes)."""
     import_paddle()
     from paddle import inference
 
     config = inference.Config(str(program), str(params))
     config.disable_glog_info()
+    config.switch_ir_optim(ir_optim)
     if device.paddle_gpu:
         config.enable_use_gpu(256, 0)
     else:
@@ -395,6 +399,20 @@ def paddle_predictor(program: Path, params: Path, device: Device) -> Runner:
             return logits.copy_to_cpu()
 
     return run
+
+
+def train_predictor(train, input_size: int, tmp: Path, device: Device) -> Runner:
+    """The train graph (ACB branches, BN in inference mode) saved as a program and run by
+    paddle.inference without graph passes, so BN is computed as written, not folded. 3-4x
+    faster than running the dygraph layers batch by batch (ResNet-50, batch 8: 1.9 s vs 7 s)."""
+    from acnet_convert.paddle_writer import INPUT_NAME
+
+    paddle = import_paddle()
+    spec = paddle.static.InputSpec([None, 3, input_size, input_size], "float32", name=INPUT_NAME)
+    with silenced():
+        paddle.jit.save(train, str(tmp / "train"), input_spec=[spec])
+    program = tmp / "train.json" if (tmp / "train.json").exists() else tmp / "train.pdmodel"
+    return paddle_predictor(program, tmp / "train.pdiparams", device, ir_optim=False)
 
 
 def onnx_session(path: Path, device: Device) -> Runner:
@@ -560,18 +578,17 @@ def verify(
         note(f"no {ONNX_MODEL} in {out_dir}: comparing the train graph and the Paddle deploy model only")
     checkpoint, plan, source = _load_train_source(manifest, out_dir, ckpt, note)
 
-    paddle = import_paddle()
+    import_paddle()  # quietly, before models imports it
     from acnet_convert.models import deploy_model, train_model
 
-    with _paddle_device(target.paddle_place):
+    with _paddle_device(target.paddle_place), tempfile.TemporaryDirectory(prefix="acnet-verify-") as tmp:
         train = train_model(plan, checkpoint.tensors)
         del checkpoint
-        logits: dict[str, list[np.ndarray]] = {TRAIN: [], **{name: [] for name in runners}}
-        with paddle.no_grad():
-            for batch in track(images, "verifying") if track else images:
-                logits[TRAIN].append(train(paddle.to_tensor(batch)).numpy())
-                for name, run in runners.items():
-                    logits[name].append(np.asarray(run(batch)))
+        runners = {TRAIN: train_predictor(train, input_size, Path(tmp), target), **runners}
+        logits: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+        for batch in track(images, "verifying") if track else images:
+            for name, run in runners.items():
+                logits[name].append(np.asarray(run(batch)))
         layers = None
         if per_layer:
             layers = compare_layers(plan, train, deploy_model(plan, deployed), images[0], atol, rtol)
