@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from acnet_convert.errors import ConvertError
-from acnet_convert.manifest import DEPLOY_WEIGHTS, MANIFEST, manifest_plan, read_manifest
+from acnet_convert.manifest import DEPLOY_WEIGHTS, MANIFEST, MODEL_PREFIX, manifest_plan, read_manifest
 from acnet_convert.plan import FC, FC_BIAS, FC_WEIGHT, Plan
 
 DEFAULT_INPUT_SIZE = 224
 MIN_INPUT_SIZE = 32  # ResNet downsamples by 32
 FUSE_OUTPUT = "fuse-output"
 # what `fuse` writes; either inference.json (Paddle 3) or inference.pdmodel (Paddle 2)
-_OUTPUT_FILES = (("inference.json", "inference.pdmodel"), ("inference.pdiparams",), (DEPLOY_WEIGHTS,), (MANIFEST,))
+_OUTPUT_FILES = (
+    (f"{MODEL_PREFIX}.json", f"{MODEL_PREFIX}.pdmodel"), (f"{MODEL_PREFIX}.pdiparams",), (DEPLOY_WEIGHTS,), (MANIFEST,)
+)
 _IGNORED_SHOWN = 5
 
 

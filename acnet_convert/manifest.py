@@ -9,9 +9,20 @@ from acnet_convert import __version__
 from acnet_convert.errors import ConvertError
 from acnet_convert.plan import Plan, arch_depth, resnet
 
+# the layout of OUT/ (DESIGN.md section 4)
 MANIFEST = "manifest.json"
 DEPLOY_WEIGHTS = "deploy.pdparams"
 ONNX_MODEL = "model.onnx"
+MODEL_PREFIX = "inference"  # inference.json + inference.pdiparams
+INPUT_NAME = "image"
+
+
+def program_file(prefix: Path) -> Path:
+    """The program paddle.jit.save wrote for `prefix`: PREFIX.json (PIR, Paddle 3), else
+    PREFIX.pdmodel (Paddle 2.x)."""
+    json_program = prefix.with_suffix(".json")
+    pdmodel = prefix.with_suffix(".pdmodel")
+    return pdmodel if not json_program.is_file() and pdmodel.is_file() else json_program
 
 
 def layer_table(plan: Plan, legacy_bias: bool = False) -> list[dict[str, Any]]:
@@ -38,7 +49,7 @@ def make_manifest(
         "arch": plan.arch,
         "num_classes": plan.num_classes,
         "input_size": input_size,
-        "input": {"name": "image", "shape": ["N", 3, input_size, input_size], "dtype": "float32"},
+        "input": {"name": INPUT_NAME, "shape": ["N", 3, input_size, input_size], "dtype": "float32"},
         "source": source,
         "ignored_variables": ignored,
         "layers": layer_table(plan, legacy_bias),

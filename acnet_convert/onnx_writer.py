@@ -21,11 +21,11 @@ from onnx import TensorProto, helper, numpy_helper
 import acnet_convert
 from acnet_convert.checkpoint import load_pickle
 from acnet_convert.errors import ConvertError
-from acnet_convert.manifest import DEPLOY_WEIGHTS, ONNX_MODEL, manifest_plan, read_manifest
+from acnet_convert.manifest import DEPLOY_WEIGHTS, INPUT_NAME, ONNX_MODEL, manifest_plan, read_manifest
 from acnet_convert.plan import FC, FC_BIAS, FC_WEIGHT, Conv, Plan
 
 MIN_OPSET, MAX_OPSET = 13, 21
-INPUT, OUTPUT = "image", "logits"
+OUTPUT = "logits"
 PRODUCER = "acnet-convert"
 
 def _initializers(plan: Plan, weights: Mapping[str, np.ndarray]) -> list[onnx.TensorProto]:
@@ -76,7 +76,7 @@ def _out(nodes: list[onnx.NodeProto]) -> str:
 
 
 def _nodes(plan: Plan) -> list[onnx.NodeProto]:
-    nodes = _conv(plan.stem, INPUT)
+    nodes = _conv(plan.stem, INPUT_NAME)
     pool = plan.stem_pool
     nodes.append(
         helper.make_node(
@@ -132,7 +132,7 @@ def build_onnx(
     graph = helper.make_graph(
         _nodes(plan),
         plan.arch,
-        inputs=[helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [batch, 3, input_size, input_size])],
+        inputs=[helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch, 3, input_size, input_size])],
         outputs=[helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, plan.num_classes])],
         initializer=_initializers(plan, weights),
     )
