@@ -42,19 +42,26 @@ class Output:
             yield from bar
 
 
-def _versions() -> str:
-    lines = [f"acnet-convert {__version__}"]
-    for module, label in (("paddle", "paddlepaddle"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime")):
-        try:
-            from importlib.metadata import PackageNotFoundError, version
+# each component, and the distributions that may provide it (CPU or GPU builds)
+_COMPONENTS = (
+    ("paddlepaddle", ("paddlepaddle", "paddlepaddle-gpu")),
+    ("onnx", ("onnx",)),
+    ("onnxruntime", ("onnxruntime-gpu", "onnxruntime")),
+)
 
-            dist = {"paddle": "paddlepaddle", "onnxruntime": "onnxruntime-gpu"}.get(module, module)
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = [f"acnet-convert {__version__}"]
+    for label, distributions in _COMPONENTS:
+        found = "not installed"
+        for distribution in distributions:
             try:
-                found = version(dist)
+                found = version(distribution)
+                break
             except PackageNotFoundError:
-                found = version(module) if module != "paddle" else version("paddlepaddle-gpu")
-        except Exception:  # noqa: BLE001 - a missing optional package is reported, not fatal
-            found = "not installed"
+                continue
         lines.append(f"{label} {found}")
     return "\n".join(lines)
 
