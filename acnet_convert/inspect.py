@@ -8,6 +8,7 @@ path that cannot be read at all is an error.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -104,18 +105,11 @@ def layer_rows(plan: Plan) -> list[dict[str, Any]]:
     """One row per conv in execution order, then the FC head. Parameters are the learned ones
     (BN running statistics are not counted): train form with BN scale and offset per branch,
     deploy form with one bias per conv."""
-    fc = sum(_count(shape) for shape in plan.fc_tensors().values())
+    fc = sum(math.prod(shape) for shape in plan.fc_tensors().values())
     return [conv.describe() for conv in plan.convs()] + [
         {"name": FC, "kind": "fc", "kernel": None, "stride": None, "in": plan.features,
          "out": plan.num_classes, "params_train": fc, "params_deploy": fc}
     ]
-
-
-def _count(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 # ---------------------------------------------------------------------------------------------

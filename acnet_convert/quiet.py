@@ -1,8 +1,8 @@
 """Keep Paddle's and ONNX Runtime's log noise out of the CLI's output.
 
 Paddle's C++ side writes glog lines straight to file descriptor 2, so Python-level redirection
-is not enough: `silenced()` points fds 1 and 2 at a temporary file around noisy calls and keeps
-what was written, for `--verbose` and for error reports.
+is not enough: `silenced()` points fds 1 and 2 at a temporary file around noisy calls, unless
+`--verbose` asked to see them.
 """
 from __future__ import annotations
 
@@ -27,15 +27,10 @@ def configure(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
-class Captured:
-    text: str = ""
-
-
 @contextlib.contextmanager
-def silenced() -> Iterator[Captured]:
-    captured = Captured()
+def silenced() -> Iterator[None]:
     if _verbose:
-        yield captured
+        yield
         return
     sys.stdout.flush()
     sys.stderr.flush()
@@ -46,7 +41,7 @@ def silenced() -> Iterator[Captured]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                yield captured
+                yield
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -54,8 +49,6 @@ def silenced() -> Iterator[Captured]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
-            sink.seek(0)
-            captured.text = sink.read().decode("utf-8", "replace")
 
 
 def import_paddle():  # noqa: ANN201 - the paddle module
