@@ -1,99 +1,160 @@
-"""`fuse`: checkpoint -> validation -> numpy fusion -> deploy artifacts in OUT/."""
+"""`fuse`: SOURCE -> train-form program and graph -> groups found by structure -> numpy fusion
+-> the deploy model and its companions, written into OUT/ all at once."""
 from __future__ import annotations
 
-import json
-import pickle
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
-import numpy as np
-
-from acnet_convert.checkpoint import Checkpoint, read_checkpoint
+from acnet_convert.artifacts import Artifacts, InputRecord, Manifest, SourceRecord, new_manifest
 from acnet_convert.errors import ConvertError
-from acnet_convert.manifest import DEPLOY_WEIGHTS, MANIFEST, ONNX_MODEL, make_manifest
-from acnet_convert.output import check_destination, staged_dir
-from acnet_convert.plan import Conv, Plan
-from acnet_convert.quiet import import_paddle, silenced
-from acnet_convert.reparam import deploy_weights
-from acnet_convert.validate import check_tensors, detect_plan
+from acnet_convert.graph import Graph
+from acnet_convert.staging import check_destination, staged_dir
+from acnet_convert.patterns import Declined, Group, find_groups
+from acnet_convert.quiet import import_paddle
+from acnet_convert.reparam import FusedConv, deploy_graph, fuse_graph
+from acnet_convert.source import Source, open_source
+from acnet_convert.text import printable
+
+PADDLE_FORMATS = ("pir", "legacy", "both")
 
 
 @dataclass
 class FuseResult:
     out_dir: Path
-    plan: Plan
-    checkpoint: Checkpoint  # its tensors are released once fused; names, sha256, ignored remain
-    manifest: dict[str, Any]
+    source: Source
+    manifest: Manifest
+    fused: list[FusedConv]
+    declined: list[Declined]
     warnings: list[str]
+    files: list[str]
     timings: dict[str, float] = field(default_factory=dict)
 
-
-def load_source(
-    ckpt: Path, arch: str = "auto", num_classes: int | None = None, allow_nonfinite: bool = False
-) -> tuple[Checkpoint, Plan, list[str]]:
-    """Read and validate a checkpoint; returns it, its plan, and warnings."""
-    checkpoint = read_checkpoint(ckpt)
-    plan = detect_plan(checkpoint.tensors, str(ckpt), arch, num_classes)
-    warnings = check_tensors(plan, checkpoint.tensors, str(ckpt), allow_nonfinite)
-    return checkpoint, plan, warnings
+    @property
+    def counts(self) -> dict[str, int]:
+        """Fused groups by kind: sums of branches, lone conv+BN folds."""
+        kinds = [f.group.kind for f in self.fused]
+        return {"sum": kinds.count("sum"), "conv_bn": kinds.count("conv_bn")}
 
 
-def write_deploy_weights(weights: Mapping[str, np.ndarray], path: Path) -> None:
-    # a plain pickle of ndarrays: paddle.load reads it, and so does our restricted unpickler.
-    # Protocol 5 writes each array's buffer directly; protocol 4 keeps a bytes copy of every
-    # array until the dump ends (measured: +100 MiB peak on ResNet-50).
-    with open(path, "wb") as f:
-        pickle.dump({k: np.ascontiguousarray(v) for k, v in weights.items()}, f, protocol=5)
+def layer_name(weight: str) -> str:
+    """The reference name of a ResNet-ACNet layer from its weight (`res2a_branch2b_acsquare_weights`
+    -> `res2a_branch2b`); other weights name themselves."""
+    return re.sub(r"(_acsquare)?_weights$", "", weight)
+
+
+def fused_rows(graph: Graph, fused: list[FusedConv]) -> list[dict[str, Any]]:
+    """The manifest's table: what each deploy conv was folded from."""
+    rows = []
+    for f in fused:
+        g = f.group
+        rows.append({
+            "name": layer_name(g.branches[g.named_after].weight or f.weight),
+            "kind": g.kind,
+            "branches": [
+                {"kind": b.kind, "kernel": list(b.kernel), "offset": list(b.offset), "weight": b.weight,
+                 "conv_bias": b.conv_bias, "bn": list(b.bn_params), "epsilon": b.epsilon}
+                for b in g.branches
+            ],
+            "kernel": list(g.kernel),
+            "stride": list(g.stride),
+            "padding": list(g.padding),
+            "dilation": list(g.dilation),
+            "groups": g.groups,
+            "in": g.in_per_group * g.groups,
+            "out": g.out_channels,
+            "input": g.input,
+            "output": g.output,
+            "ops": sorted({p for i in g.nodes for p in graph.nodes[i].origin}),
+            "deploy_tensors": [f.weight, f.bias],
+        })
+    return rows
+
+
+def declined_rows(graph: Graph, declined: list[Declined]) -> list[dict[str, Any]]:
+    return [{"op": graph.nodes[d.node].where(), "output": d.output, "reason": d.reason} for d in declined]
+
+
+def _totals(train: Graph, deploy: Graph) -> dict[str, int | None]:
+    from acnet_convert.describe import graph_totals
+
+    a, b = graph_totals(train), graph_totals(deploy)
+    return {"params_train": a["params"], "params_deploy": b["params"], "macs_train": a["macs"], "macs_deploy": b["macs"]}
 
 
 def fuse(
-    ckpt: Path,
+    source_path: Path,
     out: Path,
+    *,
     arch: str = "auto",
     num_classes: int | None = None,
     input_size: int = 224,
     onnx: bool = False,
     force: bool = False,
     allow_nonfinite: bool = False,
-    track: Callable[[list[Conv], str], Iterable[Conv]] | None = None,
+    paddle_format: str = "pir",
+    track: Callable[[list[Group], str], Iterable[Group]] | None = None,
     note: Callable[[str], None] = lambda _text: None,
 ) -> FuseResult:
-    ckpt, out = Path(ckpt), Path(out)
-    if input_size < 32:
-        raise ConvertError(f"--input-size {input_size} is too small: ResNet downsamples by 32")
-    check_destination(out, force)
+    source_path, out = Path(source_path), Path(out)
+    if paddle_format not in PADDLE_FORMATS:
+        raise ConvertError(f"--paddle-format {printable(paddle_format)}: choose one of {', '.join(PADDLE_FORMATS)}")
+    check_destination(out, force, [source_path])  # before any work: OUT apart from SOURCE, replaceable
     timings: dict[str, float] = {}
+    warnings: list[str] = []
     start = time.perf_counter()
-    checkpoint, plan, warnings = load_source(ckpt, arch, num_classes, allow_nonfinite)
+    source = open_source(source_path, arch=arch, num_classes=num_classes, input_size=input_size,
+                         allow_nonfinite=allow_nonfinite)
+    warnings += source.warnings
     timings["read"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    weights = deploy_weights(plan, checkpoint.tensors, track)
+    groups, declined = find_groups(source.graph)
+    fused = fuse_graph(source.graph, groups, allow_nonfinite, warnings.append, track)
+    deploy = deploy_graph(source.graph, fused)
     timings["fusion"] = time.perf_counter() - start
-    legacy_bias = plan.stem.legacy_bias in checkpoint.tensors
-    checkpoint.tensors.clear()  # the train-form weights are not needed again: lowers peak memory
 
-    note(f"writing the deploy model of {plan.arch} to {out}")
     paddle = import_paddle()
-    source = {"path": str(ckpt.resolve()), "sha256": checkpoint.sha256, "format": checkpoint.format}
-    manifest = make_manifest(plan, input_size, source, paddle.__version__, legacy_bias, len(checkpoint.ignored))
+    formats = ["pir", "legacy"] if paddle_format == "both" else [paddle_format]
+    manifest = new_manifest(
+        paddle_version=paddle.__version__,
+        source=SourceRecord(str(source_path.resolve()), source.sha256, source.format, source.kind),
+        inputs=tuple(InputRecord(name, tuple(source.graph.tensors[name].shape), source.graph.tensors[name].dtype)
+                     for name in source.graph.inputs),
+        input_size=input_size,
+        formats=tuple(formats),
+        arch=source.plan.arch if source.plan else None,
+        num_classes=source.plan.num_classes if source.plan else None,
+        ignored_variables=source.ignored,
+        fused=tuple(fused_rows(source.graph, fused)),
+        declined=tuple(declined_rows(source.graph, declined)),
+        ops={"train": source.graph.op_counts(), "deploy": deploy.op_counts()},
+        totals=_totals(source.graph, deploy),
+    )
+    note(f"writing the deploy model to {printable(out)}")
     start = time.perf_counter()
-    with staged_dir(out, force) as stage:
+    from acnet_convert.paddle_writer import apply_fusion, save_program
+
+    with staged_dir(out, force, [source_path]) as stage:
+        artifacts = Artifacts(stage)
         try:
-            from acnet_convert.paddle_writer import save_inference_model
+            apply_fusion(source.program, source.graph, fused)
+            save_program(source.program, artifacts.prefix)
+            timings["paddle"] = time.perf_counter() - start
+            if "legacy" in formats:
+                from acnet_convert.legacy_writer import write_legacy_program
 
-            with silenced():
-                save_inference_model(plan, weights, stage, input_size)
-            timings["jit_save"] = time.perf_counter() - start
-            write_deploy_weights(weights, stage / DEPLOY_WEIGHTS)
+                write_legacy_program(artifacts)
+            artifacts.write_deploy_weights(deploy.weights)
             if onnx:
-                from acnet_convert.onnx_writer import build_onnx, onnx_metadata, write_onnx
+                from acnet_convert.export import export_onnx
 
-                write_onnx(build_onnx(plan, weights, input_size, metadata=onnx_metadata(manifest)), stage / ONNX_MODEL)
-            (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+                export_onnx(artifacts, manifest)
+            artifacts.write_manifest(manifest)
         except OSError as err:
-            raise ConvertError(f"cannot write {out}: {err.strerror or err}") from None
+            raise ConvertError(f"cannot write {printable(out)}: {err.strerror or err}") from None
+        files = sorted(p.name for p in stage.iterdir())
     timings["write"] = time.perf_counter() - start
-    return FuseResult(out, plan, checkpoint, manifest, warnings, timings)
+    return FuseResult(out, source, manifest, fused, declined, warnings, files, timings)

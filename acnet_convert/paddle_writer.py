@@ -1,25 +1,86 @@
-"""Write Paddle layers as Paddle inference programs (paddle.jit.save)."""
+"""Write the deploy Paddle inference model by editing the train-form program in place.
+
+Each fused group's ops (branch convs and their biases, BNs, crops, pads, the sum) are removed
+and one conv with bias (`paddle.nn.functional.conv2d`, so Paddle spells it the way its own
+Conv2D does: conv2d + reshape + add) reads the group's input and writes where the group's
+output went. Every other op stays exactly as the user wrote it. Saving prunes what no longer
+feeds an output (dead constants and parameters).
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 import numpy as np
-import paddle
 
-from acnet_convert.manifest import INPUT_NAME, MODEL_PREFIX, program_file
-from acnet_convert.models import deploy_model
-from acnet_convert.plan import Plan
-
-
-def save_program(layer: paddle.nn.Layer, prefix: Path, input_size: int) -> Path:
-    """paddle.jit.save `layer` with input `image` [N,3,S,S] (N dynamic); returns the program
-    file (PREFIX.json, or .pdmodel on Paddle 2.x) beside PREFIX.pdiparams."""
-    spec = paddle.static.InputSpec([None, 3, input_size, input_size], "float32", name=INPUT_NAME)
-    paddle.jit.save(layer, str(prefix), input_spec=[spec])
-    return program_file(Path(prefix))
+from acnet_convert.errors import ConvertError
+from acnet_convert.graph import Graph
+from acnet_convert.program_reader import Program, static_mode
+from acnet_convert.quiet import silenced
+from acnet_convert.reparam import FusedConv
+from acnet_convert.text import one_line
 
 
-def save_inference_model(plan: Plan, weights: Mapping[str, np.ndarray], out_dir: Path, input_size: int) -> Path:
-    """Write the deploy graph as OUT/inference.json + inference.pdiparams; returns the program."""
-    return save_program(deploy_model(plan, weights), Path(out_dir) / MODEL_PREFIX, input_size)
+def _value(source: Program, ops: list[Any], name: str, made: dict[str, Any]) -> Any:
+    """The PIR value of tensor `name`: the fused conv that now makes it, or the original op's
+    result (ops of earlier groups are gone, so their outputs are looked up in `made`)."""
+    if name in made:
+        return made[name]
+    position, index = source.values[name]
+    return ops[position].result(index)
+
+
+def _parameter(paddle: Any, source: Program, name: str, array: np.ndarray) -> Any:
+    # create_parameter must come before set_insertion_point: it resets the insertion point
+    value = paddle.pir.core.create_parameter(
+        dtype=str(array.dtype), shape=list(array.shape), name=name,
+        initializer=paddle.nn.initializer.Constant(0.0), trainable=False,
+    )
+    source.scope.var(name).get_tensor().set(np.ascontiguousarray(array), paddle.CPUPlace())
+    return value
+
+
+def apply_fusion(source: Program, graph: Graph, fused: list[FusedConv]) -> None:
+    """Edit `source.program` in place: every group becomes its fused conv. `graph` must be the
+    graph read from `source` (its node origins are positions in `source.ops`)."""
+    import paddle.nn.functional as F
+
+    ops = source.ops
+    block = source.program.global_block()
+    made: dict[str, Any] = {}
+    with static_mode() as paddle, paddle.static.scope_guard(source.scope), \
+            paddle.static.program_guard(source.program, paddle.static.Program()):
+        for f in fused:
+            group = f.group
+            weight = _parameter(paddle, source, f.weight, f.kernel)
+            bias = _parameter(paddle, source, f.bias, f.bias_value)
+            root = ops[source.values[group.output][0]]
+            paddle.pir.set_insertion_point(root)
+            top, bottom, left, right = group.padding
+            y = F.conv2d(
+                _value(source, ops, group.input, made), weight, bias, stride=list(group.stride),
+                padding=[top, bottom, left, right], dilation=list(group.dilation), groups=group.groups,
+            )
+            _value(source, ops, group.output, made).replace_all_uses_with(y)
+            made[group.output] = y
+            positions = sorted({p for i in group.nodes for p in graph.nodes[i].origin}, reverse=True)
+            for position in positions:
+                block.remove_op(ops[position])
+
+
+def save_program(source: Program, prefix: Path) -> Path:
+    """Save `source.program` (with its scope's parameters) as PREFIX.json + PREFIX.pdiparams."""
+    with static_mode() as paddle, paddle.static.scope_guard(source.scope):
+        block = source.program.global_block()
+        feeds = [op.result(0) for op in block.ops if op.name() in ("pd_op.data", "pd_op.feed")]
+        fetches = [op.operand_source(0) for op in block.ops if op.name() == "pd_op.fetch"]
+        try:
+            with silenced():
+                paddle.static.save_inference_model(
+                    str(prefix), feeds, fetches, paddle.static.Executor(paddle.CPUPlace()), program=source.program
+                )
+        except OSError:
+            raise
+        except Exception as err:  # noqa: BLE001 - Paddle raises many types
+            raise ConvertError(f"Paddle could not save the deploy model: {one_line(err)}") from None
+    return Path(f"{prefix}.json")

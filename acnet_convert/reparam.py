@@ -1,46 +1,175 @@
-"""Walk a plan and ask the fusion for each conv's deploy kernel and bias (the timm pattern:
-one walker, one fuse function per kind of layer)."""
+"""Re-parameterise a graph: ask the fusion for each group's kernel and bias, name them, and
+derive the deploy graph (the timm pattern: one walker, the arithmetic in `fusion`).
+
+Names: a fused conv is named after its largest branch's weight, its bias after that weight
+(`X_weights` -> `X_bias`, `X.w_0` -> `X.b_0`, `X.weight` -> `X.bias`), so the ResNet-ACNet
+family gets the reference deploy names (`NAME_acsquare_weights` + `NAME_acsquare_bias`,
+`NAME_weights` + `NAME_bias`). A name still read by an op that stays gets a `.fused` suffix.
+"""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 
-from acnet_convert.fusion import BatchNorm, fold_bn, fuse_acb
-from acnet_convert.plan import BRANCHES, Conv, Plan
+from acnet_convert.errors import ConvertError
+from acnet_convert.fusion import BatchNorm, fold_bn, identity_kernel, sum_branches
+from acnet_convert.graph import Graph, Node, TensorInfo
+from acnet_convert.patterns import Branch, Group
+from acnet_convert.text import printable
 
 
-def _bn(tensors: Mapping[str, np.ndarray], prefix: str) -> BatchNorm:
+@dataclass(frozen=True)
+class FusedConv:
+    group: Group
+    weight: str
+    bias: str
+    kernel: np.ndarray  # cast to the deploy dtype
+    bias_value: np.ndarray
+
+    def node(self) -> Node:
+        """The deploy graph's conv2d node: reads the group's input, writes its output."""
+        g = self.group
+        return Node(
+            "conv2d",
+            (g.input, self.weight, self.bias),
+            (g.output,),
+            {"strides": list(g.stride), "paddings": list(g.padding), "padding_algorithm": "EXPLICIT",
+             "dilations": list(g.dilation), "groups": g.groups, "data_format": "NCHW"},
+        )
+
+
+_BIAS_SUFFIXES = ((r"_weights$", "_bias"), (r"_weight$", "_bias"), (r"\.w_(\d+)$", r".b_\1"), (r"\.weight$", ".bias"))
+
+
+def bias_name(weight: str) -> str:
+    for pattern, replacement in _BIAS_SUFFIXES:
+        if re.search(pattern, weight):
+            return re.sub(pattern, replacement, weight)
+    return f"{weight}_bias"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 0
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}.fused" if n == 1 else f"{name}.fused{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def kept_parameters(graph: Graph, groups: Iterable[Group]) -> set[str]:
+    """Parameters still read once the groups' nodes are gone."""
+    removed = {i for g in groups for i in g.nodes}
+    kept: set[str] = set()
+    for i, node in enumerate(graph.nodes):
+        if i not in removed:
+            kept.update(t for t in node.tensor_inputs() if graph.is_parameter(t))
+    return kept
+
+
+def _bn(graph: Graph, branch: Branch) -> BatchNorm:
+    scale, offset, mean, variance = branch.bn_params
     return BatchNorm(
-        gamma=tensors[f"{prefix}_scale"],
-        beta=tensors[f"{prefix}_offset"],
-        mean=tensors[f"{prefix}_mean"],
-        variance=tensors[f"{prefix}_variance"],
+        gamma=None if scale is None else graph.weights[scale],
+        beta=None if offset is None else graph.weights[offset],
+        mean=graph.weights[mean],
+        variance=graph.weights[variance],
+        epsilon=branch.epsilon,
     )
 
 
-def fuse_conv(conv: Conv, tensors: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The float64 deploy (kernel, bias) of one plan conv from its train-form tensors."""
-    if not conv.is_acb:
-        return fold_bn(tensors[f"{conv.name}_weights"], _bn(tensors, conv.bn))
-    square, vertical, horizontal = ((tensors[f"{conv.name}_{b}_weights"], _bn(tensors, f"{conv.bn}_{b}")) for b in BRANCHES)
-    return fuse_acb(square, vertical, horizontal, tensors.get(conv.legacy_bias))
+def fuse_group(graph: Graph, group: Group) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 (kernel, bias) of one group."""
+    terms = []
+    for branch in group.branches:
+        bn = _bn(graph, branch)
+        if branch.kind == "identity":
+            kernel = identity_kernel(group.out_channels, group.in_per_group)
+        else:
+            kernel = graph.weights[branch.weight]  # type: ignore[index]
+        bias = None if branch.conv_bias is None else graph.weights[branch.conv_bias]
+        terms.append((*fold_bn(kernel, bn, bias), branch.offset))
+    return sum_branches(terms, group.kernel)
 
 
-def deploy_weights(
-    plan: Plan,
-    tensors: Mapping[str, np.ndarray],
-    track: Callable[[list[Conv], str], Iterable[Conv]] | None = None,
-) -> dict[str, np.ndarray]:
-    """Every deploy tensor of `plan` (names from `Plan.deploy_tensors`), cast once to the
-    checkpoint's dtype. `track` wraps the list of convs, e.g. in a progress bar."""
-    dtype = np.asarray(tensors[plan.stem.deploy_weight]).dtype
-    out: dict[str, np.ndarray] = {}
-    convs = list(plan.convs())
-    for conv in track(convs, "fusing") if track else convs:
-        kernel, bias = fuse_conv(conv, tensors)
-        out[conv.deploy_weight] = kernel.astype(dtype)
-        out[conv.deploy_bias] = bias.astype(dtype)
-    for name in plan.fc_tensors():
-        out[name] = np.asarray(tensors[name]).astype(dtype)
-    return out
+def _check_inputs(graph: Graph, group: Group) -> None:
+    for branch in group.branches:
+        for name in (branch.weight, branch.conv_bias, *branch.bn_params):
+            if name is None:
+                continue
+            array = graph.weights[name]
+            if not np.issubdtype(array.dtype, np.floating):
+                raise ConvertError(f"tensor {printable(name)} has dtype {array.dtype}, expected a float type")
+        variance = graph.weights[branch.bn_params[3]]
+        if (np.asarray(variance) < 0).any():
+            raise ConvertError(f"tensor {printable(branch.bn_params[3])} holds a negative running variance")
+
+
+def fuse_graph(
+    graph: Graph,
+    groups: list[Group],
+    allow_nonfinite: bool = False,
+    warn: Callable[[str], None] = lambda _text: None,
+    track: Callable[[list[Group], str], Iterable[Group]] | None = None,
+) -> list[FusedConv]:
+    """Every group's fused conv, named, computed in float64 and cast once to the dtype of the
+    weight it is named after. A fused tensor that is not finite after the cast (finite
+    weights can overflow float32 when a BN variance is tiny) is an error naming the layer,
+    or a warning with `allow_nonfinite`."""
+    taken = kept_parameters(graph, groups) | set(graph.weights) - _consumed(graph, groups)
+    fused = []
+    for group in track(groups, "fusing") if track else groups:
+        _check_inputs(graph, group)
+        source = group.branches[group.named_after].weight
+        weight = _unique(source, taken)  # type: ignore[arg-type]
+        bias = _unique(bias_name(source), taken)  # type: ignore[arg-type]
+        kernel64, bias64 = fuse_group(graph, group)
+        dtype = graph.weights[source].dtype  # type: ignore[index]
+        kernel, bias_value = kernel64.astype(dtype), bias64.astype(dtype)
+        del kernel64, bias64
+        for name, array in ((weight, kernel), (bias, bias_value)):
+            if not np.isfinite(array).all():
+                message = (f"fused tensor {printable(name)} (from {printable(source)}) is not finite in {dtype}: "
+                           "a branch's running variance is near zero or its weights are huge")
+                if not allow_nonfinite:
+                    raise ConvertError(message + " (pass --allow-nonfinite to write it anyway)")
+                warn(message)
+        fused.append(FusedConv(group, weight, bias, kernel, bias_value))
+    return fused
+
+
+def _consumed(graph: Graph, groups: Iterable[Group]) -> set[str]:
+    names: set[str] = set()
+    for group in groups:
+        for i in group.nodes:
+            names.update(t for t in graph.nodes[i].tensor_inputs() if graph.is_parameter(t))
+    return names
+
+
+def deploy_graph(graph: Graph, fused: list[FusedConv]) -> Graph:
+    """`graph` with each group's nodes replaced by its fused conv (placed where the group's
+    last node was) and the weights that no remaining node reads dropped."""
+    replace = {f.group.nodes[-1]: f for f in fused}
+    removed = {i for f in fused for i in f.group.nodes}
+    nodes = []
+    for i, node in enumerate(graph.nodes):
+        if i in replace:
+            nodes.append(replace[i].node())
+        elif i not in removed:
+            nodes.append(node)
+    weights = {}
+    for node in nodes:
+        for name in node.tensor_inputs():
+            if name in graph.weights:
+                weights[name] = graph.weights[name]
+    for f in fused:
+        weights[f.weight] = f.kernel
+        weights[f.bias] = f.bias_value
+    tensors = dict(graph.tensors)
+    for f in fused:
+        tensors[f.weight] = TensorInfo(f.kernel.shape, str(f.kernel.dtype))
+        tensors[f.bias] = TensorInfo(f.bias_value.shape, str(f.bias_value.dtype))
+    return Graph(nodes, graph.inputs, graph.outputs, tensors, weights, graph.constants, graph.output_names).pruned()

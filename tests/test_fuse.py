@@ -66,7 +66,13 @@ def test_outputs_and_manifest(fused, checkpoints) -> None:
     assert manifest["source"]["path"] == str(checkpoints(18, "vars").resolve())
     assert len(manifest["source"]["sha256"]) == 64
     assert manifest["ignored_variables"] > 0  # the Momentum velocities and the learning rate
-    assert [row["kind"] for row in manifest["layers"]].count("acb") == 17
+    kinds = [row["kind"] for row in manifest["fused"]]
+    assert kinds.count("sum") == 17 and kinds.count("conv_bn") == 4  # every 7x7/3x3 ACB, every 1x1
+    stem = manifest["fused"][0]
+    assert stem["name"] == "conv1" and stem["kernel"] == [7, 7] and stem["stride"] == [2, 2]
+    assert sorted(tuple(b["kernel"]) for b in stem["branches"]) == [(1, 7), (7, 1), (7, 7)]
+    assert stem["deploy_tensors"] == ["conv1_acsquare_weights", "conv1_acsquare_bias"]
+    assert manifest["ops"]["deploy"].get("batch_norm", 0) == 0
     with open(out / "deploy.pdparams", "rb") as f:
         weights = pickle.load(f)
     assert {"conv1_acsquare_weights", "conv1_acsquare_bias", "res2a_branch1_weights", "res2a_branch1_bias", "fc_0.w_0"} <= set(weights)
@@ -84,7 +90,8 @@ def test_legacy_pre_bn_bias_is_folded(fused, checkpoints, images) -> None:
     ckpt = checkpoints(18, "vars", legacy_bias=True)
     assert (ckpt / "conv1.acsquare.conv2d.output.1.b_0").exists()
     manifest = json.loads((fused(18, "vars", legacy_bias=True) / "manifest.json").read_text())
-    assert all(row["pre_bn_bias_folded"] for row in manifest["layers"] if row["kind"] == "acb")
+    sums = [row for row in manifest["fused"] if row["kind"] == "sum"]
+    assert sums and all(any(b["conv_bias"] for b in row["branches"]) for row in sums)
     expected = reference_logits(ckpt, 18, NUM_CLASSES, images, legacy_bias=True)
     assert np.abs(with_bias - expected).max() < 1e-4
 
@@ -96,15 +103,19 @@ def _fuse_cli(*args: str):
 def test_existing_out_is_refused_without_force(fused, checkpoints, tmp_path) -> None:
     out = tmp_path / "out"
     shutil.copytree(fused(18, "vars"), out)
-    marker = out / "keep-me"
-    marker.write_text("x")
     result = _fuse_cli(str(checkpoints(18, "vars")), str(out))
     assert result.exit_code == 3, result.output
     assert "already exists" in result.output and "--force" in result.output
-    assert marker.exists()
+    marker = out / "keep-me"
+    marker.write_text("x")
+    # --force replaces an earlier fuse output, but never deletes a file fuse did not write
+    result = _fuse_cli(str(checkpoints(18, "vars")), str(out), "--force")
+    assert result.exit_code == 3, result.output
+    assert "keep-me" in result.output and marker.exists()
+    marker.unlink()
     result = _fuse_cli(str(checkpoints(18, "vars")), str(out), "--force")
     assert result.exit_code == 0, result.output
-    assert not marker.exists() and (out / "inference.json").exists()
+    assert (out / "inference.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name != "out"]
 
 

@@ -1,5 +1,6 @@
-"""`inspect`: the report of a checkpoint or a fuse output, checked against counts taken from
-the weights on disk and against published ResNet-50 figures; no Paddle import."""
+"""`inspect`: the report of a checkpoint, a program or a fuse output, checked against counts
+taken from the weights on disk and against published ResNet-50 figures; checkpoints and OUT
+folders are described without importing Paddle."""
 from __future__ import annotations
 
 import json
@@ -15,13 +16,14 @@ from click.testing import CliRunner
 
 from acnet_convert.checkpoint import read_checkpoint
 from acnet_convert.cli import cli
-from acnet_convert.inspect import layer_rows
+from acnet_convert.describe import ROW_KEYS, plan_rows
 from acnet_convert.plan import resnet
+from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 from tests.conftest import NUM_CLASSES, TEST_INPUT
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-LAYER_KEYS = {"name", "kind", "kernel", "stride", "in", "out", "params_train", "params_deploy"}
+LAYER_KEYS = set(ROW_KEYS)
 TOTAL_KEYS = {"params_train", "params_deploy", "macs_train", "macs_deploy"}
 
 
@@ -41,7 +43,7 @@ def test_resnet50_matches_published_figures() -> None:
     # offset (2 per channel) over 26,560 BN channels: 64 (stem) + 3*(64+64+256)+256 +
     # 4*(128+128+512)+512 + 6*(256+256+1024)+1024 + 3*(512+512+2048)+2048. The deploy form has
     # one bias per channel instead.
-    assert sum(row["params_deploy"] for row in layer_rows(plan)) == 25_557_032 - 26_560
+    assert sum(row["params_deploy"] for row in plan_rows(plan)) == 25_557_032 - 26_560
     # ResNet-50 at 224x224 is ~4.09 G multiply-adds (He et al. 2016: 3.8 G FLOPs counting
     # multiply-adds, torchvision: 4.09 GFLOPS); ACNet's extra Kx1 and 1xK branches add K^2+2K
     # over K^2 per 3x3 and 7x7 kernel only in the train graph.
@@ -54,7 +56,7 @@ def test_checkpoint_report(checkpoints) -> None:
     ckpt = checkpoints(18, "vars")
     report = inspect_json(ckpt)
 
-    assert {"format", "arch", "num_classes", "input_size", "layers", "totals", "ignored", "problems"} <= set(report)
+    assert {"format", "arch", "num_classes", "input_size", "layers", "totals", "ops", "declined", "ignored", "problems"} <= set(report)
     assert (report["arch"], report["num_classes"], report["input_size"]) == ("resnet18", NUM_CLASSES, 224)
     assert report["problems"] == []
     assert all(set(row) == LAYER_KEYS for row in report["layers"])
@@ -63,9 +65,10 @@ def test_checkpoint_report(checkpoints) -> None:
     # stem + 16 3x3 ACBs; 4 projections: res3a-res5a, and res2a because resnet_acnet.py's basic
     # blocks project in the very first block (is_first) although channels and stride match
     assert len(kinds) == 22 and kinds[-1] == "fc"
-    assert kinds.count("acb") == 17 and kinds.count("conv1x1") == 4
+    assert kinds.count("sum") == 17 and kinds.count("conv_bn") == 4
     assert report["layers"][0] == {
-        "name": "conv1", "kind": "acb", "kernel": 7, "stride": 2, "in": 3, "out": 64,
+        "name": "conv1", "kind": "sum", "branches": ["7x7", "7x1", "1x7"], "kernel": "7x7", "stride": "2",
+        "groups": 1, "in": 3, "out": 64,
         "params_train": 64 * 3 * (49 + 7 + 7) + 3 * 2 * 64, "params_deploy": 64 * 3 * 49 + 64,
     }
     # the optimizer's state is listed, not taken for weights
@@ -89,16 +92,23 @@ def test_deploy_params_equal_the_fused_weights_on_disk(checkpoints, fused, tmp_p
     on_disk = sum(np.asarray(w).size for w in weights.values())
     assert set(weights) == set(resnet(18, NUM_CLASSES).deploy_tensors())
 
-    assert inspect_json(checkpoints(18, "vars"))["totals"]["params_deploy"] == on_disk
+    from_checkpoint = inspect_json(checkpoints(18, "vars"), "--input-size", str(TEST_INPUT))
+    assert from_checkpoint["totals"]["params_deploy"] == on_disk
     report = inspect_json(out)
     assert report["totals"]["params_deploy"] == on_disk
+    # the graph's own counts (taken at fuse time) agree with the plan's, in both forms
+    assert report["totals"] == from_checkpoint["totals"]
+    assert report["ops"]["deploy"].get("batch_norm", 0) == 0 and report["ops"]["train"]["batch_norm"] == 55
+    assert [row["name"] for row in report["layers"]] == [row["name"] for row in from_checkpoint["layers"][:-1]]
     assert (report["format"], report["arch"], report["num_classes"]) == ("fuse-output", "resnet18", NUM_CLASSES)
     assert report["input_size"] == TEST_INPUT  # from the manifest
     assert report["problems"] == []
     files = {f["name"]: f["bytes"] for f in report["files"]}
     assert files["deploy.pdparams"] == (out / "deploy.pdparams").stat().st_size
     assert {"manifest.json", "inference.pdiparams"} <= set(files)
-    assert inspect_json(out, "--input-size", "224")["input_size"] == 224
+    bigger = inspect_json(out, "--input-size", str(2 * TEST_INPUT))
+    assert bigger["input_size"] == 2 * TEST_INPUT
+    assert bigger["totals"]["macs_deploy"] == pytest.approx(4 * report["totals"]["macs_deploy"], rel=0.05)
 
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -168,11 +178,27 @@ def test_entry_point_and_no_paddle_import(checkpoints, fused) -> None:
 
     code = (
         "import sys\n"
-        "from acnet_convert.inspect import format_report, inspect_path\n"
+        "from acnet_convert.describe import describe, format_report\n"
         f"for path in ({str(ckpt)!r}, {str(out)!r}):\n"
-        "    format_report(inspect_path(path))\n"
+        "    format_report(describe(path))\n"
         "assert 'paddle' not in sys.modules, 'paddle was imported'\n"
         "assert 'onnx' not in sys.modules, 'onnx was imported'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_program_report_names_groups_and_declined_sums(cnn_models) -> None:
+    """A user's own train-form model: what folds, by kind, and why a sum is left alone."""
+    report = inspect_json(cnn_models("repvgg"))
+    assert report["format"] == "pir" and report["problems"] == []
+    sums = [row for row in report["layers"] if row["kind"] == "sum"]
+    assert any(row["branches"] == ["3x3", "1x1", "identity"] or sorted(row["branches"]) == ["1x1", "3x3", "identity"] for row in sums)
+    assert report["ops"]["deploy"].get("batch_norm", 0) == 0
+    assert report["totals"]["params_deploy"] < report["totals"]["params_train"]
+    assert report["totals"]["macs_deploy"] < report["totals"]["macs_train"]
+
+    negative = inspect_json(cnn_models("neg_strides"))
+    assert any("different strides" in d["reason"] for d in negative["declined"])
+    text = run(cnn_models("neg_strides")).stdout
+    assert "sums left as they are: 1" in text and "different strides" in text

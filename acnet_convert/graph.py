@@ -1,0 +1,120 @@
+"""The network as one graph of ops: what fusion, both writers, verify and inspect read.
+
+A `Graph` is a list of `Node`s in execution order. Tensors are named by strings: a parameter by
+its parameter name (its array is in `Graph.weights`), a graph input by its feed name, every
+other tensor by the op that makes it. A node's `op` is Paddle's op name without the dialect
+and without the in-place suffix (`pd_op.batch_norm_` -> `batch_norm`), and its operands keep
+Paddle's order; `depthwise_conv2d` is `conv2d` (its groups say which). A conv whose bias add
+was recognised reads `(x, weight, bias)`.
+
+Inputs of a node are a tensor name, `None` for an absent optional operand (BN without affine
+parameters, dropout's seed), or a tuple of names for a vector operand (concat's inputs,
+add_n's terms). Small constants made by ops (`full`, `full_int_array`, `assign_value`) keep
+their node and also have their value in `Graph.constants`, so a translator can read a pool's
+kernel size or a reshape's shape without following the graph.
+
+`origin` records the positions, in the source program's op list, of the ops a node stands for:
+that is how the Paddle writer finds what to edit, and how messages say where a node sits.
+
+Pure Python and numpy: nothing here imports Paddle or ONNX.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Union
+
+import numpy as np
+
+Input = Union[str, tuple[str, ...], None]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Static shape (-1 where unknown) and dtype name ("float32", "int64", ...)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Node:
+    op: str
+    inputs: tuple[Input, ...]
+    outputs: tuple[str, ...]
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    origin: tuple[int, ...] = ()
+
+    def tensor_inputs(self) -> Iterator[str]:
+        """Every tensor name this node reads, vector operands flattened, absent ones skipped."""
+        for item in self.inputs:
+            if item is None:
+                continue
+            if isinstance(item, tuple):
+                yield from item
+            else:
+                yield item
+
+    @property
+    def output(self) -> str:
+        return self.outputs[0]
+
+    def where(self) -> str:
+        """Where the node sits, for messages: its op and its position in the source program."""
+        if not self.origin:
+            return self.op
+        return f"{self.op} (op #{self.origin[0]} of the program)"
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    inputs: list[str]  # feed tensors, in feed order
+    outputs: list[str]  # fetched tensors, in fetch order
+    tensors: dict[str, TensorInfo]  # every tensor whose shape is known
+    weights: dict[str, np.ndarray]  # parameter name -> array
+    constants: dict[str, np.ndarray] = field(default_factory=dict)  # values of constant ops
+    output_names: list[str] = field(default_factory=list)  # the program's names for the outputs
+
+    def producers(self) -> dict[str, int]:
+        """Tensor name -> index of the node that writes it."""
+        return {name: i for i, node in enumerate(self.nodes) for name in node.outputs}
+
+    def consumers(self) -> dict[str, list[int]]:
+        """Tensor name -> indices of the nodes that read it (a node reading twice counts twice).
+        Graph outputs are not nodes: check `outputs` too before calling a tensor unused."""
+        users: dict[str, list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.tensor_inputs():
+                users.setdefault(name, []).append(i)
+        return users
+
+    def is_parameter(self, name: str | None) -> bool:
+        return name is not None and name in self.weights
+
+    def constant(self, name: Input) -> np.ndarray | None:
+        """The value of a constant tensor, or None when it is computed at run time."""
+        if not isinstance(name, str):
+            return None
+        return self.constants.get(name)
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            counts[node.op] = counts.get(node.op, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def pruned(self) -> "Graph":
+        """The graph without nodes whose outputs nothing reads (constants orphaned by a
+        rewrite), removed until none is left."""
+        nodes = list(self.nodes)
+        while True:
+            used = set(self.outputs)
+            for node in nodes:
+                used.update(node.tensor_inputs())
+            kept = [n for n in nodes if any(o in used for o in n.outputs)]
+            if len(kept) == len(nodes):
+                break
+            nodes = kept
+        if len(nodes) == len(self.nodes):
+            return self
+        return Graph(nodes, self.inputs, self.outputs, self.tensors, self.weights, self.constants, self.output_names)

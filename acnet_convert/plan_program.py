@@ -1,0 +1,42 @@
+"""The ResNet-ACNet plan as a Paddle train-form program, for checkpoints that carry no program.
+
+The program is built in static mode from the plan's layers (`models.ResNetACNet`, train form:
+three branches and their BNs per ACB, BN in inference mode), its parameters are set from the
+checkpoint, and it is then read and fused like any user's program: one path for both sources.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from acnet_convert.artifacts import INPUT_NAME
+from acnet_convert.plan import Plan
+from acnet_convert.program_reader import Program, static_mode
+from acnet_convert.quiet import silenced
+
+OUTPUT_NAME = "logits"
+
+
+def build_train_program(plan: Plan, tensors: Mapping[str, np.ndarray], input_size: int | None) -> Program:
+    """The train-form program of `plan` with `tensors` (legacy names) as its parameters. The
+    input is `image` [N, 3, S, S] (S dynamic when `input_size` is None); the output the logits."""
+    from acnet_convert.models import ResNetACNet
+
+    legacy_bias = plan.stem.legacy_bias in tensors
+    size = -1 if input_size is None else input_size
+    with static_mode() as paddle, silenced():
+        main, startup, scope = paddle.static.Program(), paddle.static.Program(), paddle.static.Scope()
+        with paddle.static.program_guard(main, startup), paddle.static.scope_guard(scope), \
+                paddle.utils.unique_name.guard():
+            image = paddle.static.data(INPUT_NAME, [-1, 3, size, size], "float32")
+            model = ResNetACNet(plan, legacy_bias=legacy_bias)  # initialisers never run: no cost
+            model.eval()
+            paddle._pir_ops.fetch(model(image), OUTPUT_NAME, 0)
+            place = paddle.CPUPlace()
+            for op in main.global_block().ops:
+                if op.name() == "builtin.parameter":
+                    name = op.attrs()["parameter_name"]
+                    scope.var(name).get_tensor().set(np.ascontiguousarray(tensors[name]), place)
+    return Program(main, scope, Path(f"<{plan.arch} built from the checkpoint>"), None, "built")
