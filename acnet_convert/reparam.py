@@ -95,7 +95,7 @@ def fuse_group(graph: Graph, group: Group) -> tuple[np.ndarray, np.ndarray]:
     return sum_branches(terms, group.kernel)
 
 
-def _check_inputs(graph: Graph, group: Group) -> None:
+def _check_inputs(graph: Graph, group: Group, allow_nonfinite: bool, warn: Callable[[str], None]) -> None:
     for branch in group.branches:
         for name in (branch.weight, branch.conv_bias, *branch.bn_params):
             if name is None:
@@ -103,6 +103,11 @@ def _check_inputs(graph: Graph, group: Group) -> None:
             array = graph.weights[name]
             if not np.issubdtype(array.dtype, np.floating):
                 raise ConvertError(f"tensor {printable(name)} has dtype {array.dtype}, expected a float type")
+            if not np.isfinite(array).all():
+                message = f"tensor {printable(name)} holds NaN or Inf"
+                if not allow_nonfinite:
+                    raise ConvertError(message + " (pass --allow-nonfinite to convert anyway)")
+                warn(message)
         variance = graph.weights[branch.bn_params[3]]
         if (np.asarray(variance) < 0).any():
             raise ConvertError(f"tensor {printable(branch.bn_params[3])} holds a negative running variance")
@@ -116,13 +121,13 @@ def fuse_graph(
     track: Callable[[list[Group], str], Iterable[Group]] | None = None,
 ) -> list[FusedConv]:
     """Every group's fused conv, named, computed in float64 and cast once to the dtype of the
-    weight it is named after. A fused tensor that is not finite after the cast (finite
-    weights can overflow float32 when a BN variance is tiny) is an error naming the layer,
-    or a warning with `allow_nonfinite`."""
+    weight it is named after. A NaN/Inf input, or a fused tensor that is not finite after the
+    cast (finite weights can overflow float32 when a BN variance is tiny), is an error naming
+    the tensor, or a warning with `allow_nonfinite`."""
     taken = kept_parameters(graph, groups) | set(graph.weights) - _consumed(graph, groups)
     fused = []
     for group in track(groups, "fusing") if track else groups:
-        _check_inputs(graph, group)
+        _check_inputs(graph, group, allow_nonfinite, warn)
         source = group.branches[group.named_after].weight
         weight = _unique(source, taken)  # type: ignore[arg-type]
         bias = _unique(bias_name(source), taken)  # type: ignore[arg-type]
@@ -131,12 +136,13 @@ def fuse_graph(
         kernel, bias_value = kernel64.astype(dtype), bias64.astype(dtype)
         del kernel64, bias64
         for name, array in ((weight, kernel), (bias, bias_value)):
-            if not np.isfinite(array).all():
-                message = (f"fused tensor {printable(name)} (from {printable(source)}) is not finite in {dtype}: "
-                           "a branch's running variance is near zero or its weights are huge")
-                if not allow_nonfinite:
-                    raise ConvertError(message + " (pass --allow-nonfinite to write it anyway)")
-                warn(message)
+            if np.isfinite(array).all():
+                continue
+            message = f"fused tensor {printable(name)} (from {printable(source)}) is not finite in {dtype}"
+            if not allow_nonfinite:
+                raise ConvertError(f"{message}: a branch's running variance is near zero or its weights are huge "
+                                   "(pass --allow-nonfinite to write it anyway)")
+            warn(message)
         fused.append(FusedConv(group, weight, bias, kernel, bias_value))
     return fused
 

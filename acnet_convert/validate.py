@@ -8,8 +8,10 @@ import numpy as np
 
 from acnet_convert.errors import ConvertError
 from acnet_convert.plan import DEPTHS, FC_BIAS, Plan, arch_depth, resnet
+from acnet_convert.text import printable
 
-_FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+# the deploy model runs float32 images; mixed-precision training keeps float32 master weights
+_DTYPE = np.dtype(np.float32)
 
 
 def detect_plan(
@@ -20,7 +22,10 @@ def detect_plan(
     if num_classes is None:
         if FC_BIAS not in tensors:
             raise ConvertError(f"{source}: missing tensor {FC_BIAS!r}: cannot tell the class count (pass --num-classes)")
-        num_classes = int(np.asarray(tensors[FC_BIAS]).shape[0])
+        shape = np.asarray(tensors[FC_BIAS]).shape
+        if len(shape) != 1 or shape[0] < 1:
+            raise ConvertError(f"{source}: tensor {FC_BIAS!r} has shape {list(shape)}, expected [classes] (or pass --num-classes)")
+        num_classes = int(shape[0])
     if arch != "auto":
         try:
             return resnet(arch_depth(arch), num_classes)
@@ -39,7 +44,7 @@ def detect_plan(
 
 
 def _describe(plan: Plan, name: str) -> str:
-    return f"tensor {name!r} of {plan.arch}"
+    return f"tensor '{printable(name)}' of {plan.arch}"
 
 
 def check_tensors(plan: Plan, tensors: Mapping[str, np.ndarray], source: str, allow_nonfinite: bool = False) -> list[str]:
@@ -51,23 +56,19 @@ def check_tensors(plan: Plan, tensors: Mapping[str, np.ndarray], source: str, al
         if name not in tensors:
             raise ConvertError(f"{source}: missing {_describe(plan, name)} (expected shape {list(shape)})")
     for name in sorted(set(tensors) - set(expected) - set(optional)):
-        raise ConvertError(f"{source}: unknown tensor {name!r}: it belongs to no layer of {plan.arch} (use --arch to choose another)")
+        raise ConvertError(f"{source}: unknown tensor '{printable(name)}': it belongs to no layer of {plan.arch} (use --arch to choose another)")
     legacy = [name for name in optional if name in tensors]
     if legacy and len(legacy) != len(optional):
         missing = next(name for name in optional if name not in tensors)
         raise ConvertError(f"{source}: missing {_describe(plan, missing)}: the checkpoint has pre-BN square biases for some blocks but not this one")
     warnings = []
-    # every tensor shares the stem's float dtype: the deploy weights are cast to it once
-    stem = plan.stem.train_tensors()
-    dtype = np.asarray(tensors[next(iter(stem))]).dtype
-    if dtype not in _FLOAT_DTYPES:
-        dtype = np.dtype(np.float32)
     for name, shape in {**expected, **{n: optional[n] for n in legacy}}.items():
         array = np.asarray(tensors[name])
         if tuple(array.shape) != tuple(shape):
             raise ConvertError(f"{source}: {_describe(plan, name)} has shape {list(array.shape)}, expected {list(shape)}")
-        if array.dtype not in _FLOAT_DTYPES or array.dtype != dtype:
-            raise ConvertError(f"{source}: {_describe(plan, name)} has dtype {array.dtype}, expected {dtype} like the rest of the checkpoint")
+        if array.dtype != _DTYPE:
+            raise ConvertError(f"{source}: {_describe(plan, name)} has dtype {array.dtype}, expected float32 "
+                               "(convert the checkpoint's weights to float32 first)")
         if not np.isfinite(array).all():
             message = f"{source}: {_describe(plan, name)} holds NaN or Inf"
             if not allow_nonfinite:
