@@ -77,6 +77,15 @@ def declined_rows(graph: Graph, declined: list[Declined]) -> list[dict[str, Any]
     return [{"op": graph.nodes[d.node].where(), "output": d.output, "reason": d.reason} for d in declined]
 
 
+def _release_consumed(source: Source, deploy: Graph) -> None:
+    """Drop the train-form weights that the deploy model no longer reads: their arrays are
+    the largest thing fuse holds (peak memory)."""
+    for name in [n for n in source.graph.weights if n not in deploy.weights or deploy.weights[n] is not source.graph.weights[n]]:
+        source.graph.weights.pop(name, None)
+        if source.program.arrays is not None:
+            source.program.arrays.pop(name, None)
+
+
 def _totals(train: Graph, deploy: Graph) -> dict[str, int | None]:
     from acnet_convert.describe import graph_totals
 
@@ -95,6 +104,8 @@ def fuse(
     force: bool = False,
     allow_nonfinite: bool = False,
     paddle_format: str = "pir",
+    dynamic_size: bool = False,
+    reference_layout: bool = False,
     track: Callable[[list[Group], str], Iterable[Group]] | None = None,
     note: Callable[[str], None] = lambda _text: None,
 ) -> FuseResult:
@@ -114,6 +125,8 @@ def fuse(
     groups, declined = find_groups(source.graph)
     fused = fuse_graph(source.graph, groups, allow_nonfinite, warnings.append, track)
     deploy = deploy_graph(source.graph, fused)
+    totals = _totals(source.graph, deploy)
+    _release_consumed(source, deploy)
     timings["fusion"] = time.perf_counter() - start
 
     paddle = import_paddle()
@@ -131,7 +144,7 @@ def fuse(
         fused=tuple(fused_rows(source.graph, fused)),
         declined=tuple(declined_rows(source.graph, declined)),
         ops={"train": source.graph.op_counts(), "deploy": deploy.op_counts()},
-        totals=_totals(source.graph, deploy),
+        totals=totals,
     )
     note(f"writing the deploy model to {printable(out)}")
     start = time.perf_counter()
@@ -140,18 +153,30 @@ def fuse(
     with staged_dir(out, force, [source_path]) as stage:
         artifacts = Artifacts(stage)
         try:
+            if reference_layout:  # a usage error before anything is written
+                from acnet_convert.reference_layout import check_reference_source, reference_tensors, write_reference_layout
+
+                plan = check_reference_source(source.plan, str(source_path))
             apply_fusion(source.program, source.graph, fused)
             save_program(source.program, artifacts.prefix)
             timings["paddle"] = time.perf_counter() - start
-            if "legacy" in formats:
+            if "legacy" in formats:  # from the same deploy graph, sharing inference.pdiparams
                 from acnet_convert.legacy_writer import write_legacy_program
 
-                write_legacy_program(artifacts)
+                legacy_start = time.perf_counter()
+                write_legacy_program(artifacts, deploy)
+                if "pir" not in formats:
+                    artifacts.program("pir").unlink()
+                timings["legacy"] = time.perf_counter() - legacy_start
             artifacts.write_deploy_weights(deploy.weights)
+            if reference_layout:
+                write_reference_layout(artifacts.persistables, reference_tensors(plan, source.graph.weights, deploy.weights))
             if onnx:
                 from acnet_convert.export import export_onnx
 
-                export_onnx(artifacts, manifest)
+                onnx_start = time.perf_counter()
+                export_onnx(artifacts, manifest, dynamic_size=dynamic_size)
+                timings["onnx"] = time.perf_counter() - onnx_start
             artifacts.write_manifest(manifest)
         except OSError as err:
             raise ConvertError(f"cannot write {printable(out)}: {err.strerror or err}") from None

@@ -68,9 +68,25 @@ def apply_fusion(source: Program, graph: Graph, fused: list[FusedConv]) -> None:
                 block.remove_op(ops[position])
 
 
+def _fill_scope(paddle: Any, source: Program) -> None:
+    """Parameters held as numpy arrays (`Program.arrays`) go into the scope, where Paddle saves
+    them from; those the scope already has (loaded, or fused) stay."""
+    if source.arrays is None:
+        return
+    place = paddle.CPUPlace()
+    for op in source.program.global_block().ops:
+        if op.name() != "builtin.parameter":
+            continue
+        name = op.attrs()["parameter_name"]
+        variable = source.scope.find_var(name)
+        if (variable is None or not variable.get_tensor()._is_initialized()) and name in source.arrays:
+            source.scope.var(name).get_tensor().set(np.ascontiguousarray(source.arrays[name]), place)
+
+
 def save_program(source: Program, prefix: Path) -> Path:
-    """Save `source.program` (with its scope's parameters) as PREFIX.json + PREFIX.pdiparams."""
+    """Save `source.program` (with its parameters) as PREFIX.json + PREFIX.pdiparams."""
     with static_mode() as paddle, paddle.static.scope_guard(source.scope):
+        _fill_scope(paddle, source)
         block = source.program.global_block()
         feeds = [op.result(0) for op in block.ops if op.name() in ("pd_op.data", "pd_op.feed")]
         fetches = [op.operand_source(0) for op in block.ops if op.name() == "pd_op.fetch"]

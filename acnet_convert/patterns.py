@@ -465,12 +465,28 @@ def find_groups(graph: Graph) -> tuple[list[Group], list[Declined]]:
 
 
 def _is_branch_sum(finder: _Finder, i: int) -> bool:
-    """Worth reporting as declined: two or more terms of the tree are batch norms (it looks
-    like a sum of branches), and the sum is not itself part of a larger tree (that one is
-    reported instead)."""
+    """Worth reporting as declined: two or more terms of the tree are batch norms of one tensor
+    (directly or through their convs), so the sum looks like branches meant to fold; and the
+    sum is not itself part of a larger tree (that one is reported instead). A residual add of
+    two branches of different tensors is not a near miss."""
     out = finder.g.nodes[i].outputs[0]
     users = finder.users.get(out, [])
     if len(users) == 1 and finder.g.nodes[users[0]].op in _SUMS and out not in finder.outputs:
         return False
     _nodes, terms = finder.sum_tree(i)
-    return sum(finder.made_by(t, ("batch_norm",)) is not None for t in terms) >= 2
+    seen: set[str] = set()
+    for term in terms:
+        bn = finder.made_by(term, ("batch_norm",))
+        if bn is None:
+            continue
+        reads = {finder.g.nodes[bn].inputs[0]}
+        conv = finder.made_by(finder.g.nodes[bn].inputs[0], _CONVS)
+        if conv is not None:
+            source = finder.g.nodes[conv].inputs[0]
+            while (step := finder.made_by(source, _INPUT_STEPS)) is not None:
+                source = finder.g.nodes[step].inputs[0]
+            reads.add(source)
+        if seen & reads:  # type: ignore[arg-type]
+            return True
+        seen |= reads  # type: ignore[arg-type]
+    return False

@@ -7,8 +7,6 @@ checkpoint, and it is then read and fused like any user's program: one path for 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
-
 import numpy as np
 
 from acnet_convert.artifacts import INPUT_NAME
@@ -19,9 +17,10 @@ from acnet_convert.quiet import silenced
 OUTPUT_NAME = "logits"
 
 
-def build_train_program(plan: Plan, tensors: Mapping[str, np.ndarray], input_size: int | None) -> Program:
-    """The train-form program of `plan` with `tensors` (legacy names) as its parameters. The
-    input is `image` [N, 3, S, S] (S dynamic when `input_size` is None); the output the logits."""
+def build_train_program(plan: Plan, tensors: dict[str, np.ndarray], input_size: int | None) -> Program:
+    """The train-form program of `plan` with `tensors` (legacy names) as its parameters, held
+    as `Program.arrays` (not copied). The input is `image` [N, 3, S, S] (S dynamic when
+    `input_size` is None); the output the logits."""
     from acnet_convert.models import ResNetACNet
 
     legacy_bias = plan.stem.legacy_bias in tensors
@@ -34,9 +33,4 @@ def build_train_program(plan: Plan, tensors: Mapping[str, np.ndarray], input_siz
             model = ResNetACNet(plan, legacy_bias=legacy_bias)  # initialisers never run: no cost
             model.eval()
             paddle._pir_ops.fetch(model(image), OUTPUT_NAME, 0)
-            place = paddle.CPUPlace()
-            for op in main.global_block().ops:
-                if op.name() == "builtin.parameter":
-                    name = op.attrs()["parameter_name"]
-                    scope.var(name).get_tensor().set(np.ascontiguousarray(tensors[name]), place)
-    return Program(main, scope, Path(f"<{plan.arch} built from the checkpoint>"), None, "built")
+    return Program(main, scope, Path(f"<{plan.arch} built from the checkpoint>"), None, "built", arrays=tensors)

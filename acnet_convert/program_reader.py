@@ -50,6 +50,9 @@ class Program:
     sha256: str = ""
     # tensor name -> (op position, result index): filled by `read_graph`, read by the writer
     values: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # parameter values held as numpy arrays instead of in `scope` (a program built from a
+    # checkpoint: one copy of the weights, not two); the writer puts them in the scope to save
+    arrays: dict[str, np.ndarray] | None = None
 
     @property
     def ops(self) -> list[Any]:
@@ -233,10 +236,13 @@ def read_graph(source: Program) -> Graph:
             name = op.attrs()["parameter_name"]
             names.taken.add(name)
             names.set(op, 0, name, position)
-            variable = source.scope.find_var(name)
-            if variable is None:
-                raise ConvertError(f"{printable(source.params)} lacks parameter {printable(name)} that the program reads")
-            weights[name] = np.array(variable.get_tensor())
+            if source.arrays is not None and name in source.arrays:
+                weights[name] = source.arrays[name]
+            else:
+                variable = source.scope.find_var(name)
+                if variable is None:
+                    raise ConvertError(f"{printable(source.params)} lacks parameter {printable(name)} that the program reads")
+                weights[name] = np.array(variable.get_tensor())
             info = _tensor_info(op.result(0))
             if info is not None:
                 tensors[name] = info

@@ -79,8 +79,7 @@ def open_source(
     checkpoint = read_checkpoint(path, digest=digest)
     plan = detect_plan(checkpoint.tensors, printable(path), arch, num_classes)
     warnings = check_tensors(plan, checkpoint.tensors, printable(path), allow_nonfinite)
-    program = build_train_program(plan, checkpoint.tensors, input_size)
-    checkpoint.tensors.clear()  # the scope holds the weights now: lowers peak memory
+    program = build_train_program(plan, checkpoint.tensors, input_size)  # the program owns the arrays now
     graph = read_graph(program)
     return Source(path, CHECKPOINT, checkpoint.format, checkpoint.sha256, program, graph, plan,
                   len(checkpoint.ignored), warnings)
