@@ -13,6 +13,8 @@ import tempfile
 import warnings
 from typing import Iterator
 
+from acnet_convert import signals
+
 _verbose = False
 
 
@@ -52,9 +54,14 @@ def silenced() -> Iterator[None]:
 
 
 def import_paddle():  # noqa: ANN201 - the paddle module
-    """Import paddle without its start-up noise."""
-    with silenced():
-        import paddle
+    """Import paddle without its start-up noise. Ctrl-C and SIGTERM are held back during the
+    import (one inside a C extension's initialisation would surface as `ImportError:
+    initialization failed`) and raise once it is done; Paddle's own C-level signal handlers
+    are removed and our SIGTERM handler put back."""
+    with signals.deferred():
+        with silenced():
+            import paddle
 
-        paddle.disable_signal_handler()
+            paddle.disable_signal_handler()
+        signals.reinstall()
     return paddle
