@@ -258,10 +258,7 @@ class Artifacts:
     def load_deploy_weights(self, expected: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
         """deploy.pdparams, read with the restricted unpickler; with `expected` (name -> shape,
         e.g. from the deploy graph) every tensor must be there with that shape, and no other."""
-        try:  # TEMP until the reader split lands
-            from acnet_convert.pickle_reader import load_pickle
-        except ImportError:
-            from acnet_convert.checkpoint import load_pickle
+        from acnet_convert.pickle_reader import load_pickle
 
         path = self.deploy_weights
         if not path.is_file():

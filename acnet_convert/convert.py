@@ -126,14 +126,15 @@ def fuse(
     fused = fuse_graph(source.graph, groups, allow_nonfinite, warnings.append, track)
     deploy = deploy_graph(source.graph, fused)
     totals = _totals(source.graph, deploy)
-    _release_consumed(source, deploy)
+    if not reference_layout:  # persistables/ keeps the 1x1 convs and BNs of the source
+        _release_consumed(source, deploy)
     timings["fusion"] = time.perf_counter() - start
 
     paddle = import_paddle()
     formats = ["pir", "legacy"] if paddle_format == "both" else [paddle_format]
     manifest = new_manifest(
         paddle_version=paddle.__version__,
-        source=SourceRecord(str(source_path.resolve()), source.sha256, source.format, source.kind),
+        source=SourceRecord(str(source.path.resolve()), source.sha256, source.format, source.kind),
         inputs=tuple(InputRecord(name, tuple(source.graph.tensors[name].shape), source.graph.tensors[name].dtype)
                      for name in source.graph.inputs),
         input_size=input_size,

@@ -20,7 +20,7 @@ _BESIDE_A_PROGRAM = (".json", ".pdmodel", PARAMS_SUFFIX, ".info", ".yml", ".yaml
 
 @dataclass
 class Source:
-    path: Path  # as given
+    path: Path  # what was read: the program file, or the checkpoint's folder or .pdparams file
     kind: str  # "checkpoint" | "program"
     format: str  # "per-variable" | "pdparams" | "pir" | "legacy"
     sha256: str
@@ -71,7 +71,7 @@ def open_source(
             raise ConvertError("--arch and --num-classes describe ResNet-ACNet checkpoints; "
                                f"{printable(found[0])} is a program that describes itself")
         program = load_program(*found)
-        return Source(path, PROGRAM, program.format, program.sha256, program, read_graph(program))
+        return Source(found[0], PROGRAM, program.format, program.sha256, program, read_graph(program))
     from acnet_convert.checkpoint import read_checkpoint
     from acnet_convert.plan_program import build_train_program
     from acnet_convert.validate import check_tensors, detect_plan
@@ -81,5 +81,5 @@ def open_source(
     warnings = check_tensors(plan, checkpoint.tensors, printable(path), allow_nonfinite)
     program = build_train_program(plan, checkpoint.tensors, input_size)  # the program owns the arrays now
     graph = read_graph(program)
-    return Source(path, CHECKPOINT, checkpoint.format, checkpoint.sha256, program, graph, plan,
+    return Source(checkpoint.path, CHECKPOINT, checkpoint.format, checkpoint.sha256, program, graph, plan,
                   len(checkpoint.ignored), warnings)

@@ -1,4 +1,5 @@
-"""atheris fuzz target for acnet_convert.checkpoint.read_lod_tensor.
+"""atheris fuzz target for acnet_convert.lod_tensor.read_lod_tensor (the parser alone, fast; the
+function `fuse` calls is fuzzed by fuzz_checkpoint.py).
 
 Any exception other than ConvertError is a finding, as is a returned array that is not a
 writable C-contiguous array no larger than the input.
@@ -18,7 +19,7 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 with atheris.instrument_imports(include=["acnet_convert"]):
-    from acnet_convert.checkpoint import read_lod_tensor
+    from acnet_convert.lod_tensor import read_lod_tensor
     from acnet_convert.errors import ConvertError
 
 import numpy as np  # noqa: E402  (not instrumented)
