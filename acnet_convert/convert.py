@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from acnet_convert.artifacts import Artifacts, InputRecord, Manifest, SourceRecord, new_manifest
+from acnet_convert.describe import graph_totals
 from acnet_convert.errors import ConvertError
 from acnet_convert.graph import Graph
 from acnet_convert.staging import check_destination, staged_dir
@@ -77,22 +78,6 @@ def declined_rows(graph: Graph, declined: list[Declined]) -> list[dict[str, Any]
     return [{"op": graph.nodes[d.node].where(), "output": d.output, "reason": d.reason} for d in declined]
 
 
-def _release_consumed(source: Source, deploy: Graph) -> None:
-    """Drop the train-form weights that the deploy model no longer reads: their arrays are
-    the largest thing fuse holds (peak memory)."""
-    for name in [n for n in source.graph.weights if n not in deploy.weights or deploy.weights[n] is not source.graph.weights[n]]:
-        source.graph.weights.pop(name, None)
-        if source.program.arrays is not None:
-            source.program.arrays.pop(name, None)
-
-
-def _totals(train: Graph, deploy: Graph) -> dict[str, int | None]:
-    from acnet_convert.describe import graph_totals
-
-    a, b = graph_totals(train), graph_totals(deploy)
-    return {"params_train": a["params"], "params_deploy": b["params"], "macs_train": a["macs"], "macs_deploy": b["macs"]}
-
-
 def fuse(
     source_path: Path,
     out: Path,
@@ -123,11 +108,12 @@ def fuse(
 
     start = time.perf_counter()
     groups, declined = find_groups(source.graph)
-    fused = fuse_graph(source.graph, groups, allow_nonfinite, warnings.append, track)
+    train_ops, train_totals = source.graph.op_counts(), graph_totals(source.graph)
+    # persistables/ keeps the 1x1 convs and BNs of the source: those weights stay
+    release = None if reference_layout else source.release
+    fused = fuse_graph(source.graph, groups, allow_nonfinite, warnings.append, track, release=release)
     deploy = deploy_graph(source.graph, fused)
-    totals = _totals(source.graph, deploy)
-    if not reference_layout:  # persistables/ keeps the 1x1 convs and BNs of the source
-        _release_consumed(source, deploy)
+    deploy_totals = graph_totals(deploy)
     timings["fusion"] = time.perf_counter() - start
 
     paddle = import_paddle()
@@ -144,8 +130,9 @@ def fuse(
         ignored_variables=source.ignored,
         fused=tuple(fused_rows(source.graph, fused)),
         declined=tuple(declined_rows(source.graph, declined)),
-        ops={"train": source.graph.op_counts(), "deploy": deploy.op_counts()},
-        totals=totals,
+        ops={"train": train_ops, "deploy": deploy.op_counts()},
+        totals={"params_train": train_totals["params"], "params_deploy": deploy_totals["params"],
+                "macs_train": train_totals["macs"], "macs_deploy": deploy_totals["macs"]},
     )
     note(f"writing the deploy model to {printable(out)}")
     start = time.perf_counter()

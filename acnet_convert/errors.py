@@ -9,9 +9,3 @@ class ConvertError(Exception):
     """
 
     exit_code = 3
-
-
-class MismatchError(Exception):
-    """The graphs compared by `verify` disagree beyond tolerance (exit 1)."""
-
-    exit_code = 1

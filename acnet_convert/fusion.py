@@ -71,14 +71,27 @@ def sum_branches(
     branches: Sequence[tuple[np.ndarray, np.ndarray, tuple[int, int]]], size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """sum_i conv(x, K_i at offset_i) + b_i  ==  conv(x, sum_i embedded K_i) + sum_i b_i, for
-    (kernel, bias, offset) branches that share input, stride, dilation and groups."""
-    first = branches[0][0]
-    kernel = np.zeros(first.shape[:2] + tuple(size), np.float64)
-    bias = np.zeros(first.shape[0], np.float64)
-    for k, b, (dy, dx) in branches:
+    (kernel, bias, offset) branches that share input, stride, dilation and groups.
+
+    Takes ownership of the float64 kernels and biases (fresh arrays, as `fold_bn` returns):
+    the first full-size kernel at offset (0, 0) is summed into, not copied (the largest
+    allocation of a fusion pass)."""
+    out_in = branches[0][0].shape[:2]
+    for k, _b, (dy, dx) in branches:
         k_h, k_w = k.shape[2:]
-        if k.shape[:2] != first.shape[:2] or dy < 0 or dx < 0 or dy + k_h > size[0] or dx + k_w > size[1]:
-            raise ValueError(f"a {list(k.shape)} kernel at offset ({dy}, {dx}) does not fit {list(first.shape[:2]) + list(size)}")
+        if k.shape[:2] != out_in or dy < 0 or dx < 0 or dy + k_h > size[0] or dx + k_w > size[1]:
+            raise ValueError(f"a {list(k.shape)} kernel at offset ({dy}, {dx}) does not fit {list(out_in) + list(size)}")
+    base = next((i for i, (k, _b, o) in enumerate(branches)
+                 if k.shape[2:] == tuple(size) and tuple(o) == (0, 0) and k.dtype == np.float64), None)
+    if base is None:
+        kernel = np.zeros(tuple(out_in) + tuple(size), np.float64)
+        bias = np.zeros(out_in[0], np.float64)
+    else:
+        kernel, bias = branches[base][0], np.array(branches[base][1], np.float64)
+    for i, (k, b, (dy, dx)) in enumerate(branches):
+        if i == base:
+            continue
+        k_h, k_w = k.shape[2:]
         kernel[:, :, dy : dy + k_h, dx : dx + k_w] += k
         bias += b
     return kernel, bias

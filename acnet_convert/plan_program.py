@@ -21,11 +21,11 @@ def build_train_program(plan: Plan, tensors: dict[str, np.ndarray], input_size: 
     """The train-form program of `plan` with `tensors` (legacy names) as its parameters, held
     as `Program.arrays` (not copied). The input is `image` [N, 3, S, S] (S dynamic when
     `input_size` is None); the output the logits."""
-    from acnet_convert.models import ResNetACNet
-
     legacy_bias = plan.stem.legacy_bias in tensors
     size = -1 if input_size is None else input_size
     with static_mode() as paddle, silenced():
+        from acnet_convert.models import ResNetACNet  # imports paddle: after import_paddle, quietly
+
         main, startup, scope = paddle.static.Program(), paddle.static.Program(), paddle.static.Scope()
         with paddle.static.program_guard(main, startup), paddle.static.scope_guard(scope), \
                 paddle.utils.unique_name.guard():

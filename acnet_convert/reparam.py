@@ -95,9 +95,13 @@ def fuse_group(graph: Graph, group: Group) -> tuple[np.ndarray, np.ndarray]:
     return sum_branches(terms, group.kernel)
 
 
-def _check_inputs(graph: Graph, group: Group, allow_nonfinite: bool, warn: Callable[[str], None]) -> None:
+def _check_inputs(graph: Graph, group: Group, allow_nonfinite: bool, warn: Callable[[str], None], kernels: bool) -> None:
+    """Dtypes, negative variances and NaN/Inf in the BN vectors; the (large) kernels are scanned
+    only when `kernels`: a non-finite kernel always makes the fused kernel non-finite, so they
+    are looked at only to name the culprit."""
     for branch in group.branches:
-        for name in (branch.weight, branch.conv_bias, *branch.bn_params):
+        names = (branch.weight, branch.conv_bias, *branch.bn_params) if kernels else (branch.conv_bias, *branch.bn_params)
+        for name in names:
             if name is None:
                 continue
             array = graph.weights[name]
@@ -119,15 +123,23 @@ def fuse_graph(
     allow_nonfinite: bool = False,
     warn: Callable[[str], None] = lambda _text: None,
     track: Callable[[list[Group], str], Iterable[Group]] | None = None,
+    release: Callable[[str], None] | None = None,
 ) -> list[FusedConv]:
     """Every group's fused conv, named, computed in float64 and cast once to the dtype of the
     weight it is named after. A NaN/Inf input, or a fused tensor that is not finite after the
     cast (finite weights can overflow float32 when a BN variance is tiny), is an error naming
-    the tensor, or a warning with `allow_nonfinite`."""
-    taken = kept_parameters(graph, groups) | set(graph.weights) - _consumed(graph, groups)
+    the tensor, or a warning with `allow_nonfinite`. `release(name)` is called for each train
+    weight once the last group reading it is fused and nothing else reads it (the caller may
+    drop it: the train and the fused weights then never all sit in memory at once)."""
+    kept = kept_parameters(graph, groups)
+    taken = kept | set(graph.weights) - _consumed(graph, groups)
+    readers: dict[str, int] = {}
+    for group in groups:
+        for name in _consumed(graph, [group]) - kept:
+            readers[name] = readers.get(name, 0) + 1
     fused = []
     for group in track(groups, "fusing") if track else groups:
-        _check_inputs(graph, group, allow_nonfinite, warn)
+        _check_inputs(graph, group, allow_nonfinite, warn, kernels=False)
         source = group.branches[group.named_after].weight
         weight = _unique(source, taken)  # type: ignore[arg-type]
         bias = _unique(bias_name(source), taken)  # type: ignore[arg-type]
@@ -138,12 +150,20 @@ def fuse_graph(
         for name, array in ((weight, kernel), (bias, bias_value)):
             if np.isfinite(array).all():
                 continue
+            _check_inputs(graph, group, allow_nonfinite, warn, kernels=True)  # names a NaN/Inf input
             message = f"fused tensor {printable(name)} (from {printable(source)}) is not finite in {dtype}"
+            if allow_nonfinite and not all(np.isfinite(graph.weights[b.weight]).all() for b in group.branches if b.weight):
+                continue  # the input was named above
             if not allow_nonfinite:
                 raise ConvertError(f"{message}: a branch's running variance is near zero or its weights are huge "
                                    "(pass --allow-nonfinite to write it anyway)")
             warn(message)
         fused.append(FusedConv(group, weight, bias, kernel, bias_value))
+        if release is not None:
+            for name in _consumed(graph, [group]) - kept:
+                readers[name] -= 1
+                if not readers[name]:
+                    release(name)
     return fused
 
 

@@ -30,6 +30,13 @@ class Source:
     ignored: int = 0  # non-weight variables of a checkpoint
     warnings: list[str] = field(default_factory=list)
 
+    def release(self, name: str) -> None:
+        """Forget train weight `name` (fuse is done with it): its array is freed unless the
+        deploy model still reads it."""
+        self.graph.weights.pop(name, None)
+        if self.program.arrays is not None:
+            self.program.arrays.pop(name, None)
+
 
 def find_program(path: Path) -> tuple[Path, Path] | None:
     """The inference model `path` names, or None for a checkpoint. A folder that holds both an
