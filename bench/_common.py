@@ -116,15 +116,142 @@ def checkpoint_dir(depth: int = 50, classes: int = 1000) -> Path:
     return path
 
 
-def deploy_dir(ckpt: Path) -> Path:
-    """`acnet-convert fuse CKPT` output for the latency benchmarks (cached, fused once)."""
-    out = CACHE / (ckpt.name + "_deploy")
-    stamp = out / "manifest.json"
-    if stamp.is_file() and stamp.stat().st_mtime >= (ckpt / ".complete").stat().st_mtime:
+def package_digest(names: tuple[str, ...] | None = None) -> str:
+    """A digest of the package's source (all of acnet_convert/*.py, or the named files): cached
+    outputs stamped with it are rebuilt when the code that made them changes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted((ROOT / "acnet_convert").glob("*.py")) if names is None else [ROOT / "acnet_convert" / n for n in names]
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def fused_dir(source: Path, out: Path, newer_than: Path) -> Path:
+    """`acnet-convert fuse SOURCE OUT` (cached: redone when `newer_than` or the package changed;
+    the stamp sits beside OUT, which must hold only what fuse wrote)."""
+    stamp = out.with_name(out.name + ".stamp")
+    key = package_digest()
+    if (out / "manifest.json").is_file() and stamp.is_file() and stamp.read_text() == key \
+            and stamp.stat().st_mtime >= newer_than.stat().st_mtime:
         return out
-    note(f"fusing {ckpt} into {out}")
-    subprocess.run([CLI, "-q", "fuse", str(ckpt), str(out), "--force"], check=True)
+    note(f"fusing {source} into {out}")
+    subprocess.run([CLI, "-q", "fuse", str(source), str(out), "--force"], check=True)
+    stamp.write_text(key)
     return out
+
+
+def deploy_dir(ckpt: Path) -> Path:
+    """`acnet-convert fuse CKPT` output for the latency benchmarks (cached)."""
+    return fused_dir(ckpt, CACHE / (ckpt.name + "_deploy"), ckpt / ".complete")
+
+
+def train_export_dir(ckpt: Path) -> Path:
+    """The checkpoint's network as users export it: `models.resnet50_acnet`-style train form
+    (ACB branches + BN, eval mode) with the checkpoint's weights via `models.load_weights`,
+    `paddle.jit.save`d with InputSpec [None, 3, 224, 224] named `image` (cached; made in a
+    child process so the caller does not load Paddle)."""
+    out = CACHE / (ckpt.name + "_train_export")
+    stamp = out / ".bench-stamp"
+    key = package_digest(("models.py", "nn.py", "plan.py", "checkpoint.py"))
+    if (out / "inference.json").is_file() and stamp.is_file() and stamp.read_text() == key \
+            and stamp.stat().st_mtime >= (ckpt / ".complete").stat().st_mtime:
+        return out
+    note(f"exporting the train form of {ckpt.name} with paddle.jit.save to {out}")
+    subprocess.run([PYTHON, __file__, "--train-export", str(ckpt), str(out)], check=True)
+    stamp.write_text(key)
+    return out
+
+
+def _train_export_child(ckpt: Path, out: Path) -> None:
+    from acnet_convert.quiet import configure, import_paddle, silenced
+
+    configure(False)
+    paddle = import_paddle()
+    from acnet_convert.checkpoint import read_checkpoint
+    from acnet_convert.models import ResNetACNet, load_weights
+    from acnet_convert.validate import detect_plan
+
+    checkpoint = read_checkpoint(ckpt)
+    plan = detect_plan(checkpoint.tensors, str(ckpt))
+    legacy_bias = plan.stem.legacy_bias in checkpoint.tensors
+    model = load_weights(ResNetACNet(plan, legacy_bias=legacy_bias), checkpoint.tensors)  # eval mode
+    spec = paddle.static.InputSpec([None, 3, INPUT_SIZE, INPUT_SIZE], "float32", name="image")
+    out.mkdir(parents=True, exist_ok=True)
+    with silenced():
+        paddle.jit.save(model, str(out / "inference"), input_spec=[spec])
+
+
+# the package files a cached train graph depends on (a change to any of them rebuilds it)
+_GRAPH_SOURCES = ("plan.py", "plan_program.py", "program_reader.py", "models.py", "nn.py", "graph.py")
+
+
+def synthetic_tensors(plan, seed: int = 0) -> dict:
+    """Float32 train-form tensors of a ResNet-ACNet `plan` with trained-looking statistics:
+    He-normal kernels, positive gammas, running variances spread over several decades (small
+    ones amplify rounding), non-zero means."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in plan.train_tensors().items():
+        if len(shape) == 4:  # conv kernel, He-normal
+            fan_in = shape[1] * shape[2] * shape[3]
+            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+        elif name.endswith("_scale"):
+            a = np.abs(rng.normal(0.6, 0.3, shape)) + 1e-3
+        elif name.endswith("_offset"):
+            a = rng.normal(0.0, 0.2, shape)
+        elif name.endswith("_mean"):
+            a = rng.normal(0.0, 0.5, shape)
+        elif name.endswith("_variance"):
+            a = np.exp(rng.normal(-1.5, 1.5, shape))  # ~1e-3 .. 10
+        elif name == "fc_0.w_0":
+            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(1.0 / shape[0]))
+        else:  # fc bias
+            a = rng.normal(0.0, 0.01, shape)
+        out[name] = np.ascontiguousarray(a, dtype=np.float32)
+    return out
+
+
+def resnet_graph(depth: int, classes: int = 1000):
+    """The `Graph` that `fuse` reads for a ResNet-`depth` ACNet checkpoint (plan -> train program
+    -> `read_graph`), weights from `synthetic_tensors(plan)`. Built once in a child process with
+    Paddle and cached as a pickle, so the caller never loads Paddle."""
+    import hashlib
+    import inspect
+    import pickle
+
+    digest = hashlib.sha256(inspect.getsource(synthetic_tensors).encode())
+    for name in _GRAPH_SOURCES:
+        digest.update((ROOT / "acnet_convert" / name).read_bytes())
+    path = CACHE / f"graph_resnet{depth}_{classes}_{digest.hexdigest()[:12]}.pkl"
+    if not path.is_file():
+        for old in CACHE.glob(f"graph_resnet{depth}_{classes}_*.pkl"):
+            old.unlink()
+        note(f"building the ResNet-{depth} train graph (plan -> Paddle program -> graph) into {path.name} (once)")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([PYTHON, __file__, "--graph", str(depth), str(classes), str(path)], check=True)
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def _graph_child(depth: int, classes: int, path: Path) -> None:
+    import pickle
+
+    from acnet_convert.plan import resnet
+    from acnet_convert.plan_program import build_train_program
+    from acnet_convert.program_reader import read_graph
+    from acnet_convert.quiet import configure
+
+    configure(False)
+    plan = resnet(depth, classes)
+    graph = read_graph(build_train_program(plan, synthetic_tensors(plan), INPUT_SIZE))
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(graph, f, protocol=5)
+    tmp.replace(path)
 
 
 def dir_bytes(path: Path) -> int:
@@ -205,3 +332,12 @@ def ms(seconds: float) -> str:
 
 def mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:.0f} MiB"
+
+
+if __name__ == "__main__":  # the children that build cached fixtures with Paddle
+    if sys.argv[1] == "--graph":
+        _graph_child(int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    elif sys.argv[1] == "--train-export":
+        _train_export_child(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        raise SystemExit(f"unknown child command {sys.argv[1:]}")

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Part 1: the numpy fusion pass on ResNet-50 / ResNet-152 ACNet weights.
+"""Part 1: the numpy fusion pass on the ResNet-50 / ResNet-152 ACNet graph.
 
-Ours (`acnet_convert.reparam.deploy_weights`, float64 arithmetic, one cast at the end) against a
-straightforward baseline in the style of PaddleCV's original weights aggregator: one block at a
-time, float32 throughout, each branch's BN folded with float32 numpy and the Kx1 / 1xK kernels
-added into the KxK one by slicing. Both produce the same tensor set (ACBs and the 1x1 conv+BNs
-folded, FC copied). Timed interleaved in one process; accuracy is judged against a float64
-ground truth computed the slow way (asymmetric kernels zero-padded to KxK, then summed).
+Ours is what `fuse` runs: `acnet_convert.reparam.fuse_graph` over the groups that
+`patterns.find_groups` finds in the checkpoint's train graph (plan -> Paddle train program ->
+`read_graph`, the graph `fuse` reads; built once with Paddle in a child and cached, so this
+process never loads Paddle). float64 arithmetic, one cast at the end, plus the input / output
+finiteness checks. The baseline is written in the style of PaddleCV's original weights
+aggregator: one block at a time, float32 throughout, each branch's BN folded with float32 numpy
+and the Kx1 / 1xK kernels added into the KxK one by slicing. Both produce the same fused
+tensors (17 ACBs and 36 1x1 conv+BN on ResNet-50; the FC is untouched by both). Timed
+interleaved in one process; accuracy is judged against a float64 ground truth computed the
+slow way (asymmetric kernels zero-padded to KxK, then summed).
 
 Weights are random with the plan's shapes (He-normal kernels) and realistic BN statistics
 (positive gammas, running variances spread over several decades, non-zero means).
@@ -14,40 +18,25 @@ Weights are random with the plan's shapes (He-normal kernels) and realistic BN s
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from _common import Row, interleaved, median, note, paired_ratio, run_part
+from _common import Row, interleaved, median, note, paired_ratio, resnet_graph, run_part
 
+from acnet_convert.patterns import find_groups
 from acnet_convert.plan import BN_FIELDS, BRANCHES, Plan, resnet
-from acnet_convert.reparam import deploy_weights
+from acnet_convert.reparam import fuse_graph
 
 EPS = 1e-5
 TARGET_R50_S = 0.2
 
 
-def synthetic_tensors(plan: Plan, seed: int = 0) -> dict[str, np.ndarray]:
-    """Float32 train-form tensors of `plan` with trained-looking statistics."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for name, shape in plan.train_tensors().items():
-        if len(shape) == 4:  # conv kernel, He-normal
-            fan_in = shape[1] * shape[2] * shape[3]
-            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
-        elif name.endswith("_scale"):
-            a = np.abs(rng.normal(0.6, 0.3, shape)) + 1e-3
-        elif name.endswith("_offset"):
-            a = rng.normal(0.0, 0.2, shape)
-        elif name.endswith("_mean"):
-            a = rng.normal(0.0, 0.5, shape)
-        elif name.endswith("_variance"):
-            a = np.exp(rng.normal(-1.5, 1.5, shape))  # ~1e-3 .. 10: small ones amplify rounding
-        elif name == "fc_0.w_0":
-            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(1.0 / shape[0]))
-        else:  # fc bias
-            a = rng.normal(0.0, 0.01, shape)
-        out[name] = np.ascontiguousarray(a, dtype=np.float32)
+def ours(graph, groups) -> dict[str, np.ndarray]:
+    out = {}
+    for f in fuse_graph(graph, groups):
+        out[f.weight], out[f.bias] = f.kernel, f.bias_value
     return out
 
 
@@ -75,8 +64,6 @@ def reference_weights(plan: Plan, tensors: dict[str, np.ndarray]) -> dict[str, n
             kernel = t.reshape(-1, 1, 1, 1) * tensors[f"{conv.name}_weights"]
             bias = b - m * t
         out[conv.deploy_weight], out[conv.deploy_bias] = kernel, bias
-    for name in plan.fc_tensors():
-        out[name] = tensors[name].copy()
     return out
 
 
@@ -118,19 +105,29 @@ def compare(plan: Plan, ours, ref, truth) -> dict[str, float]:
 
 def bench_depth(depth: int, rounds: int) -> tuple[list[Row], str]:
     plan = resnet(depth, 1000)
-    tensors = synthetic_tensors(plan)
+    graph = resnet_graph(depth)  # weights: synthetic_tensors(plan), float32
+    tensors = graph.weights
+    assert "paddle" not in sys.modules, "part 1 must run without Paddle"
+    started = time.perf_counter()
+    groups, declined = find_groups(graph)
+    t_find = time.perf_counter() - started
+    n_sum = sum(g.kind == "sum" for g in groups)
+    convs = list(plan.convs())
+    assert n_sum == sum(c.is_acb for c in convs) and len(groups) == len(convs) and not declined, \
+        f"find_groups found {n_sum} sums in {len(groups)} groups, declined {len(declined)}"
     nbytes = sum(a.nbytes for a in tensors.values())
-    ours, ref = deploy_weights(plan, tensors), reference_weights(plan, tensors)  # warm-up + results
-    assert set(ours) == set(ref) == set(plan.deploy_tensors()), "ours and the reference differ in tensors"
-    times = interleaved({"ours": lambda: deploy_weights(plan, tensors),
+    mine, ref = ours(graph, groups), reference_weights(plan, tensors)  # warm-up + results
+    assert set(mine) == set(ref), f"ours and the reference differ in tensors: {sorted(set(mine) ^ set(ref))[:4]}"
+    times = interleaved({"ours": lambda: fuse_graph(graph, groups),
                          "reference": lambda: reference_weights(plan, tensors)}, rounds)
     t_ours, t_ref = median(times["ours"]), median(times["reference"])
     r_ours = paired_ratio(times, "ours", "reference")
-    acc = compare(plan, ours, ref, ground_truth(plan, tensors))
+    acc = compare(plan, mine, ref, ground_truth(plan, tensors))
     closer = "ours" if acc["err_ours"] < acc["err_ref"] else ("reference" if acc["err_ref"] < acc["err_ours"] else "tie")
     part = "1 fusion"
     rows = [
-        Row(part, f"ResNet-{depth} `deploy_weights` vs float32 per-block reference ({nbytes / 2**20:.0f} MiB of weights, {rounds} interleaved rounds)",
+        Row(part, f"ResNet-{depth} `fuse_graph` ({n_sum} ACB sums + {len(groups) - n_sum} conv+BN) vs float32 per-block "
+            f"reference ({nbytes / 2**20:.0f} MiB of weights, {rounds} interleaved rounds)",
             f"{t_ours:.3f} s vs {t_ref:.3f} s", f"{r_ours:.2f}x",
             ("< 0.2 s and " if depth == 50 else "") + "<= 1.00x",
             (t_ours < TARGET_R50_S if depth == 50 else True) and r_ours <= 1.0),
@@ -141,7 +138,8 @@ def bench_depth(depth: int, rounds: int) -> tuple[list[Row], str]:
     ]
     detail = (
         f"ResNet-{depth}: ours {', '.join(f'{t:.3f}' for t in times['ours'])} s; "
-        f"reference {', '.join(f'{t:.3f}' for t in times['reference'])} s\n"
+        f"reference {', '.join(f'{t:.3f}' for t in times['reference'])} s; "
+        f"find_groups on its {len(graph.nodes)}-node graph {t_find * 1000:.1f} ms (once)\n"
         f"  kernels: ours strictly closer to float64 on {acc['closer_ours']:.1%} of elements, reference on "
         f"{acc['closer_ref']:.1%}; biases max abs error ours {acc['bias_err_ours']:.2e}, reference {acc['bias_err_ref']:.2e}"
     )

@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
 """Part 4: ONNX Runtime (CPUExecutionProvider) vs paddle.inference on the same deploy model.
 
-model.onnx is exported once from the fuse output with `acnet_convert.onnx_writer.export_onnx`.
+model.onnx is written once from the fuse output with `acnet-convert export-onnx OUT` (the ONNX
+writer translates the deploy program, whichever command runs it: `fuse --onnx` calls the same).
 Several ORT session-option sets, all with intra_op_num_threads=2 (paddle.inference gets 2 math
 threads too), are timed interleaved with paddle.inference at batch 1 and 8.
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from _common import (
+    CLI,
     THREADS,
     Row,
     checkpoint_dir,
@@ -33,9 +36,8 @@ def onnx_model(out_dir: Path) -> Path:
     if path.is_file() and path.stat().st_mtime >= (out_dir / "deploy.pdparams").stat().st_mtime:
         return path
     note(f"[onnx] exporting {path}")
-    from acnet_convert.onnx_writer import export_onnx
-
-    return export_onnx(out_dir)
+    subprocess.run([CLI, "-q", "export-onnx", str(out_dir), "--force"], check=True)
+    return path
 
 
 def session_variants():

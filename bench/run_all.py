@@ -5,8 +5,11 @@ Each part runs in its own child process (fusion without Paddle loaded, latency w
 parts' memory), and can be run alone:
   bench/fusion.py        1: numpy fusion pass vs a float32 per-block reference
   bench/fuse_e2e.py      2: `acnet-convert fuse` wall time, phase split and peak RSS
-  bench/latency.py       3: paddle.inference latency, deploy vs train graph vs plain ResNet-50
+  bench/latency.py       3: paddle.inference latency, deploy vs train graph vs plain ResNet-50 / MobileNetV2
   bench/onnx_latency.py  4: ONNX Runtime vs paddle.inference on the deploy model
+  bench/deploy_formats.py 5: extra time of --paddle-format both and export-onnx --fp16; fp16 vs fp32 ORT latency
+  bench/verify.py        6: `acnet-convert verify` of ResNet-50 (64 images, 3 graphs): time, peak RSS, split, vs before
+  bench/pattern_scaling.py p: find_groups time vs graph size (linear in the number of ops)
 Fixtures (a real ResNet-50 ACNet checkpoint, its fuse output, the train / plain inference models,
 model.onnx) are made once and cached in build/bench/ (ACNET_BENCH_CACHE overrides).
 """
@@ -23,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PYTHON, Row, checkpoint_dir, machine_line, markdown, note
 
 HERE = Path(__file__).resolve().parent
-PARTS = {"1": "fusion.py", "2": "fuse_e2e.py", "3": "latency.py", "4": "onnx_latency.py"}
+PARTS = {"1": "fusion.py", "2": "fuse_e2e.py", "3": "latency.py", "4": "onnx_latency.py", "5": "deploy_formats.py", "6": "verify.py", "p": "pattern_scaling.py"}
 
 
 def main() -> int:
@@ -31,11 +34,11 @@ def main() -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions in every part (noisier)")
-    p.add_argument("--parts", default="1234", help="which parts to run, e.g. 13 (default: 1234)")
+    p.add_argument("--parts", default="123456p", help="which parts to run, e.g. 13 (default: 123456p)")
     args = p.parse_args()
     parts = [k for k in PARTS if k in args.parts]
     started = time.perf_counter()
-    if any(k in parts for k in "234"):
+    if any(k in parts for k in "2345"):
         checkpoint_dir(50, 1000)  # made once; the parts share it
     rows: list[Row] = []
     details: list[str] = []
