@@ -4,12 +4,23 @@
 translation of the deploy program as written, whichever command made it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from acnet_convert.artifacts import Artifacts, Manifest
 from acnet_convert.errors import ConvertError
 from acnet_convert.text import printable
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    path: Path
+    opset: int
+    fp16: bool
+    underflow: int  # with fp16: nonzero weight values that become 0 in float16
+    values: int  # float weight values in all
 
 
 def onnx_metadata(manifest: Manifest) -> dict[str, str]:
@@ -31,11 +42,19 @@ def export_onnx(
     output: Path | None = None,
     *,
     force: bool = True,
-    **options: Any,
-) -> Path:
-    """Write the ONNX model of the deploy program in `artifacts` (default OUT/model.onnx);
-    `options` go to `onnx_writer.build_onnx` (opset, static_batch, dynamic_size, fp16)."""
-    from acnet_convert.onnx_writer import build_onnx, write_onnx
+    opset: int = 17,
+    static_batch: bool = False,
+    batch_size: int = 1,
+    dynamic_size: bool = False,
+    fp16: bool = False,
+) -> OnnxExport:
+    """Write the ONNX model of the deploy program in `artifacts` (default OUT/model.onnx).
+
+    `dynamic_size` leaves height and width symbolic; `static_batch` fixes the batch to
+    `batch_size`. With `fp16` the weights and activations are float16 (inputs and outputs stay
+    float32): before anything is written, a weight beyond float16's range is refused by name
+    (`onnx_writer.fp16_range_report`), and the values that underflow to zero are counted."""
+    from acnet_convert.onnx_writer import build_onnx, fp16_range_report, write_onnx
     from acnet_convert.program_reader import load_program, read_graph
 
     manifest = manifest or artifacts.read_manifest()
@@ -46,7 +65,19 @@ def export_onnx(
     fmt = "pir" if "pir" in manifest.formats else manifest.formats[0]
     program = load_program(artifacts.program(fmt), artifacts.params)
     graph = read_graph(program)
-    model = build_onnx(graph, input_size=manifest.input_size, metadata=onnx_metadata(manifest), **options)
+    underflow = values = 0
+    if fp16:
+        overflowing, underflow, values = fp16_range_report(graph)
+        if overflowing:
+            names = sorted(overflowing)
+            shown = ", ".join(printable(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            largest = max(float(np.nanmax(np.abs(np.asarray(graph.weights[n], np.float64)))) for n in names)
+            raise ConvertError(f"{'weight' if len(names) == 1 else 'weights'} {shown} "
+                               f"{'does' if len(names) == 1 else 'do'} not fit float16: values up to "
+                               f"{largest:.4g}, beyond its largest 65504; export without --fp16")
+    model = build_onnx(graph, opset=opset, static_batch=static_batch, batch_size=batch_size, dynamic_size=dynamic_size,
+                       fp16=fp16, input_size=manifest.input_size,
+                       metadata=onnx_metadata(manifest))
     del program, graph
-    write_onnx(model, output)
-    return output
+    write_onnx(model, output, replace=force)
+    return OnnxExport(output, opset, fp16, underflow, values)

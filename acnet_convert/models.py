@@ -1,6 +1,12 @@
 """Paddle realisations of a plan: the train graph (ACB branches with BN) and the deploy graph
 (one Conv2D with bias per plan conv). Parameters carry the legacy / deploy tensor names, so
-`set_state_dict(tensors, use_structured_name=False)` loads a checkpoint or deploy weights."""
+`set_state_dict(tensors)` loads a checkpoint (train form) or `fuse`'s deploy.pdparams
+(`deploy=True`) as they are:
+
+    model = resnet50_acnet(num_classes=1000, deploy=True)
+    model.set_state_dict(paddle.load("OUT/deploy.pdparams"))
+    model.eval()
+"""
 from __future__ import annotations
 
 from typing import Mapping
@@ -42,6 +48,7 @@ class ResNetACNet(nn.Layer):
     def __init__(self, plan: Plan, deploy: bool = False, legacy_bias: bool = False) -> None:
         super().__init__()
         self.plan = plan
+        self.deploy = deploy
         # Dygraph refuses a parameter name used before in the process; each model gets its own
         # namespace so a train and a deploy model (same legacy names) can live side by side.
         with paddle.utils.unique_name.guard():
@@ -54,6 +61,29 @@ class ResNetACNet(nn.Layer):
                 weight_attr=paddle.ParamAttr(name=FC_WEIGHT),
                 bias_attr=paddle.ParamAttr(name=FC_BIAS),
             )
+
+    def set_state_dict(self, state_dict: Mapping[str, object], use_structured_name: bool | None = None):  # noqa: ANN201
+        """Paddle's `set_state_dict`, which also takes tensors keyed by parameter name (what
+        `fuse` writes to deploy.pdparams, and what resnet_acnet.py checkpoints hold). With
+        `use_structured_name` None the keys decide: all parameter names of this model, or
+        structured names (`paddle.save(model.state_dict())`). Keyed by parameter name, every
+        parameter must get a tensor (Paddle itself would only warn and keep the initial values)."""
+        keys = set(state_dict) - {"StructuredToParameterName@@"}
+        names = {p.name for p in self.parameters()}
+        if use_structured_name is None:
+            if keys and keys <= names:
+                use_structured_name = False
+            elif keys & set(self.state_dict()):
+                use_structured_name = True
+            else:
+                form = "deploy" if self.deploy else "train"
+                raise KeyError(f"the tensors ({sorted(keys)[:2]}, ...) are not parameters of this {form}-form "
+                               f"{self.plan.arch}" + ("; deploy.pdparams loads into deploy=True" if not self.deploy else ""))
+        if not use_structured_name:
+            missing = sorted(names - keys)
+            if missing:
+                raise KeyError(f"no tensor for parameter {missing[0]!r} ({len(missing)} missing)")
+        return super().set_state_dict(state_dict, use_structured_name=use_structured_name)
 
     def _conv(self, conv: Conv, x: paddle.Tensor) -> paddle.Tensor:
         y = self.convs[conv.name](x)
@@ -94,22 +124,23 @@ def deploy_model(plan: Plan, weights: Mapping[str, np.ndarray]) -> ResNetACNet:
 
 
 
-def resnet18_acnet(num_classes: int = 1000) -> ResNetACNet:
-    """ResNet-18 with every 7x7/3x3 conv an ACBlock, ready to train in dygraph."""
-    return ResNetACNet(resnet(18, num_classes))
+def resnet18_acnet(num_classes: int = 1000, deploy: bool = False) -> ResNetACNet:
+    """ResNet-18 with every 7x7/3x3 conv an ACBlock, ready to train in dygraph; `deploy=True`
+    gives the fused form, which loads `fuse`'s OUT/deploy.pdparams."""
+    return ResNetACNet(resnet(18, num_classes), deploy=deploy)
 
 
-def resnet34_acnet(num_classes: int = 1000) -> ResNetACNet:
-    return ResNetACNet(resnet(34, num_classes))
+def resnet34_acnet(num_classes: int = 1000, deploy: bool = False) -> ResNetACNet:
+    return ResNetACNet(resnet(34, num_classes), deploy=deploy)
 
 
-def resnet50_acnet(num_classes: int = 1000) -> ResNetACNet:
-    return ResNetACNet(resnet(50, num_classes))
+def resnet50_acnet(num_classes: int = 1000, deploy: bool = False) -> ResNetACNet:
+    return ResNetACNet(resnet(50, num_classes), deploy=deploy)
 
 
-def resnet101_acnet(num_classes: int = 1000) -> ResNetACNet:
-    return ResNetACNet(resnet(101, num_classes))
+def resnet101_acnet(num_classes: int = 1000, deploy: bool = False) -> ResNetACNet:
+    return ResNetACNet(resnet(101, num_classes), deploy=deploy)
 
 
-def resnet152_acnet(num_classes: int = 1000) -> ResNetACNet:
-    return ResNetACNet(resnet(152, num_classes))
+def resnet152_acnet(num_classes: int = 1000, deploy: bool = False) -> ResNetACNet:
+    return ResNetACNet(resnet(152, num_classes), deploy=deploy)

@@ -1,8 +1,11 @@
 """`fuse --onnx` / `export-onnx` on real checkpoints: ONNX Runtime computes what the Paddle deploy
-model and the legacy static train program compute."""
+model and the legacy static train program compute, at a fixed size, at any size
+(--dynamic-size), and in float16 (--fp16, with its range check)."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from acnet_convert.cli import cli
+from acnet_convert.lod_tensor import read_lod_tensor, write_lod_tensor
 from fixtures.make_checkpoint import reference_logits
-from tests.conftest import NUM_CLASSES
-from tests.test_fuse import run_inference_model
+from tests.conftest import NUM_CLASSES, TEST_INPUT
+from tests.test_legacy_writer import run_predictor
 
 
 def run_onnx(path, images: np.ndarray) -> np.ndarray:
@@ -21,26 +25,32 @@ def run_onnx(path, images: np.ndarray) -> np.ndarray:
     return session.run(["logits"], {"image": images})[0]
 
 
+def run_paddle(out: Path, images: np.ndarray) -> np.ndarray:
+    return run_predictor(out / "inference.json", out / "inference.pdiparams", images)[0]
+
+
+def _scale(logits: np.ndarray) -> float:
+    return max(1.0, float(np.abs(logits).max()))
+
+
 @pytest.mark.parametrize("depth", [18, 50])
 def test_onnx_matches_paddle_deploy_and_train_program(fused, checkpoints, images, depth: int) -> None:
     out = fused(depth, "vars", onnx=True)
     got = run_onnx(out / "model.onnx", images)
-    paddle_deploy = run_inference_model(out, images)
+    paddle_deploy = run_paddle(out, images)
     train = reference_logits(checkpoints(depth, "vars"), depth, NUM_CLASSES, images)
     # Two runtimes, two float32 conv libraries (MLAS, oneDNN), two summation orders: measured
     # 1.3e-5 (ResNet-18, logits to 3.4) and 5.0e-5 (ResNet-50, logits to 5.4) apart, i.e. ~1e-5
     # of the logit scale; the bound is 2e-5 of it. Either is within 1e-4 of the train program.
-    scale = max(1.0, float(np.abs(paddle_deploy).max()))
-    print(f"resnet{depth}: |onnx - paddle| {np.abs(got - paddle_deploy).max():.2e}, "
-          f"|onnx - train| {np.abs(got - train).max():.2e}, logit scale {scale:.2f}")
+    scale = _scale(paddle_deploy)
     assert np.abs(got - paddle_deploy).max() < 2e-5 * scale
-    assert np.abs(got - train).max() < 1e-4
+    assert np.abs(got - train).max() < 1e-4 * scale
     assert (got.argmax(1) == train.argmax(1)).all()
 
     model = onnx.load(out / "model.onnx")
     ops = [node.op_type for node in model.graph.node]
-    plan_convs = len(json.loads((out / "manifest.json").read_text())["layers"])
-    assert ops.count("Conv") == plan_convs and "BatchNormalization" not in ops
+    fused_convs = len(json.loads((out / "manifest.json").read_text())["fused"])
+    assert ops.count("Conv") == fused_convs and "BatchNormalization" not in ops
     metadata = {p.key: p.value for p in model.metadata_props}
     assert metadata["arch"] == f"resnet{depth}" and len(metadata["source_sha256"]) == 64
 
@@ -50,6 +60,7 @@ def test_export_onnx_command_dynamic_and_static_batch(fused, images, tmp_path) -
     dynamic = tmp_path / "dynamic.onnx"
     result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(dynamic)])
     assert result.exit_code == 0, result.output
+    assert "batch dynamic, size 64x64, float32" in result.output
     assert run_onnx(dynamic, images[:1]).shape == (1, NUM_CLASSES)
     assert run_onnx(dynamic, np.concatenate([images, images[:1]])).shape == (5, NUM_CLASSES)
 
@@ -59,3 +70,74 @@ def test_export_onnx_command_dynamic_and_static_batch(fused, images, tmp_path) -
     dims = onnx.load(static).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 3, images.shape[2], images.shape[3]]
     np.testing.assert_allclose(run_onnx(static, images[:1]), run_onnx(dynamic, images[:1]), atol=1e-6)
+
+
+def test_fuse_onnx_dynamic_size_matches_paddle_at_224_and_320(checkpoints, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["fuse", str(checkpoints(18, "vars")), str(out), "--input-size", str(TEST_INPUT),
+                                      "--onnx", "--dynamic-size", "--paddle-format", "pir"])
+    assert result.exit_code == 0, result.output
+    dims = onnx.load(out / "model.onnx").graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", 3, "H", "W"]
+    rng = np.random.default_rng(7)
+    for size in (224, 320):
+        images = rng.normal(size=(2, 3, size, size)).astype(np.float32)
+        got, expected = run_onnx(out / "model.onnx", images), run_paddle(out, images)
+        assert np.abs(got - expected).max() < 2e-5 * _scale(expected), size
+
+
+def test_export_onnx_dynamic_size_runs_non_square_inputs(fused, tmp_path) -> None:
+    out = fused(18, "vars")
+    path = tmp_path / "any.onnx"
+    result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(path), "--dynamic-size"])
+    assert result.exit_code == 0, result.output
+    images = np.random.default_rng(8).normal(size=(1, 3, 96, 160)).astype(np.float32)
+    got, expected = run_onnx(path, images), run_paddle(out, images)
+    assert np.abs(got - expected).max() < 2e-5 * _scale(expected)
+
+
+def test_fp16_export_keeps_float32_inputs_and_outputs_and_agrees(fused, images, tmp_path) -> None:
+    out = fused(18, "vars")
+    path = tmp_path / "fp16.onnx"
+    result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(path), "--fp16"])
+    assert result.exit_code == 0, result.output
+    assert "weight values underflow to zero" in result.output and "float16)" in result.output
+    model = onnx.load(path)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    assert {i.data_type for i in model.graph.initializer if i.name in conv_weights} == {onnx.TensorProto.FLOAT16}
+    half, full = run_onnx(path, images), run_paddle(out, images)
+    # float16 keeps 11 significant bits: ~1e-3 relative per op, a few 1e-3 of the scale at the end
+    assert np.abs(half - full).max() < 2e-2 * _scale(full)
+    assert (half.argmax(1) == full.argmax(1)).all()
+
+
+def test_fp16_refuses_a_weight_beyond_float16_and_names_it(checkpoints, tmp_path) -> None:
+    """A BN scale of 1e8 (a collapsed running variance does the same) makes the fused kernel
+    of res3a_branch2a hold values beyond float16's 65504: float32 is fine, float16 would be inf."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoints(18, "vars"), ckpt)
+    name = "bn3a_branch2a_acsquare_scale"
+    write_lod_tensor(ckpt / name, read_lod_tensor((ckpt / name).read_bytes(), name) * np.float32(1e8))
+    out = tmp_path / "out"
+    assert CliRunner().invoke(cli, ["fuse", str(ckpt), str(out), "--input-size", str(TEST_INPUT)]).exit_code == 0
+    path = tmp_path / "fp16.onnx"
+    result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(path), "--fp16"])
+    assert result.exit_code == 3, result.output
+    assert "res3a_branch2a_acsquare_weights" in result.output and "float16" in result.output
+    assert not path.exists()
+    assert CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(path)]).exit_code == 0  # float32 is fine
+
+
+def test_export_onnx_refuses_an_existing_file_without_force(fused, tmp_path) -> None:
+    out = fused(18, "vars")
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"mine")
+    result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(path)])
+    assert result.exit_code == 3, result.output
+    assert "already exists" in result.output and "--force" in result.output
+    assert path.read_bytes() == b"mine"
+    result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(path), "--force"])
+    assert result.exit_code == 0, result.output
+    onnx.checker.check_model(onnx.load(path))

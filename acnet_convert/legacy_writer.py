@@ -1,0 +1,318 @@
+"""The legacy Paddle inference model, `OUT/inference.pdmodel`: the deploy graph translated op by
+op into Paddle's pre-PIR operators, for the tools that read only that format (OpenVINO's Paddle
+front end, Paddle Lite's `opt`, Paddle 2.x inference, FastDeploy, older paddle2onnx).
+
+`translate` is a straight-line translation, one small handler per graph op (`legacy_ops`, the
+tf2onnx split): each names the legacy operator and its slots as Paddle's `op_compat.yaml` maps
+them, and folds the small constant operands PIR keeps as tensors (kernel sizes, shapes, axes,
+scales) back into the attributes the legacy operators have. It is pure Python: an op without a
+handler is a `ConvertError` naming it, before anything is written.
+
+`write_legacy_program` builds the translated ops into a legacy `Program` with Paddle's own
+`append_op` (which checks every op against its registered proto and fills default attributes)
+under `paddle.pir_utils.OldIrGuard`, in this process, and serializes it with
+`paddle.static.serialize_program` (which adds the feed and fetch ops and the op version map a
+`save_inference_model` under `FLAGS_enable_pir_api=0` writes). No child process, no second
+Paddle import: about 0.1 s on ResNet-50.
+
+The parameters are not written again. Both formats store the parameters of a program as
+`save_combine` does: every persistable tensor in the order of its sorted name, each a
+serialized LoDTensor. The legacy program declares exactly the deploy graph's weights, so it
+reads the PIR model's `inference.pdiparams` as it is (checked here by size, and in the tests
+byte for byte).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from acnet_convert.artifacts import Artifacts
+from acnet_convert.errors import ConvertError
+from acnet_convert.graph import Graph, Input, Node
+from acnet_convert.legacy_ops import CONSTANT_OPS, HANDLERS, VAR_TYPES, supported_ops
+from acnet_convert.text import one_line, printable
+
+
+
+@dataclass(frozen=True)
+class LegacyOp:
+    type: str
+    inputs: dict[str, list[str]]
+    outputs: dict[str, list[str]]
+    attrs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Variable:
+    shape: tuple[int, ...] | None
+    dtype: str
+
+
+@dataclass
+class LegacyProgram:
+    """What `write_legacy_program` builds: ops in order, the temporaries they write, and the
+    parameters (graph weights) they read."""
+
+    ops: list[LegacyOp]
+    variables: dict[str, Variable]
+    parameters: dict[str, np.ndarray]
+    feeds: list[str]
+    fetches: list[str]
+
+
+# ----------------------------------------------------------------------------------------------
+# the builder the handlers write with
+
+
+class LegacyBuilder:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.ops: list[LegacyOp] = []
+        self.variables: dict[str, Variable] = {}
+        self.parameters: dict[str, np.ndarray] = {}
+        self.node: Node | None = None
+        self.taken = set(graph.tensors) | set(graph.weights) | {n for node in graph.nodes for n in node.outputs}
+        self.names = self._output_names()
+        self.made_constants: set[str] = set()
+
+    def _output_names(self) -> dict[str, str]:
+        """Graph outputs take the program's names for them (what the PIR predictor calls its
+        outputs), so both models have the same output names."""
+        names: dict[str, str] = {}
+        for tensor, wanted in zip(self.graph.outputs, self.graph.output_names):
+            if tensor in names or tensor in self.graph.inputs or tensor in self.graph.weights:
+                continue
+            if wanted == tensor or (wanted not in self.taken and wanted not in names.values()):
+                names[tensor] = wanted
+                self.taken.add(wanted)
+        return names
+
+    def fail(self, why: str) -> ConvertError:
+        where = self.node.where() if self.node is not None else "the graph"
+        return ConvertError(f"{printable(where)}: {why}; the legacy .pdmodel cannot be written "
+                            "(use --paddle-format pir)")
+
+    # -- reading operands --------------------------------------------------------------------
+
+    def name(self, tensor: str) -> str:
+        return self.names.get(tensor, tensor)
+
+    def tensor(self, item: Input) -> str:
+        """The legacy variable for an operand read at run time: a weight becomes a parameter,
+        a constant made by a `full`-like op becomes a `fill_constant`/`assign_value` op."""
+        if not isinstance(item, str):
+            raise self.fail("an operand the translation needs is missing")
+        if item in self.graph.weights:
+            self.parameters[item] = self.graph.weights[item]
+        elif item in self.graph.constants and item not in self.made_constants:
+            self._constant(item, self.graph.constants[item])
+        return self.name(item)
+
+    def input(self, index: int) -> str:
+        node = self.node
+        assert node is not None
+        if index >= len(node.inputs):
+            raise self.fail(f"operand {index} is missing")
+        return self.tensor(node.inputs[index])
+
+    def optional(self, index: int) -> list[str]:
+        """[variable] for a present optional operand, [] for an absent one."""
+        node = self.node
+        assert node is not None
+        if index >= len(node.inputs) or node.inputs[index] is None:
+            return []
+        return [self.input(index)]
+
+    def inputs(self, index: int) -> list[str]:
+        """A vector operand (concat's, add_n's terms)."""
+        node = self.node
+        assert node is not None
+        item = node.inputs[index]
+        return [self.tensor(t) for t in item] if isinstance(item, tuple) else [self.tensor(item)]
+
+    def constant(self, index: int, attr: str | None = None, default: Any = None) -> np.ndarray | None:
+        """The value of operand `index` when it is a constant; PIR ops take some values either
+        as an operand or as an attribute, so `attr` is looked at next, then `default`."""
+        node = self.node
+        assert node is not None
+        item = node.inputs[index] if index < len(node.inputs) else None
+        if item is not None:
+            if isinstance(item, tuple):
+                parts = [self.graph.constant(t) for t in item]
+                if any(p is None for p in parts):
+                    raise self.fail(f"operand {index} is computed at run time, not a constant")
+                return np.concatenate([np.asarray(p).reshape(-1) for p in parts])  # type: ignore[arg-type]
+            value = self.graph.constant(item)
+            if value is None:
+                raise self.fail(f"operand {index} is computed at run time, not a constant")
+            return np.asarray(value)
+        if attr is not None and attr in node.attrs:
+            return np.asarray(node.attrs[attr])
+        return None if default is None else np.asarray(default)
+
+    def ints(self, index: int, attr: str | None = None, default: Sequence[int] | None = None) -> list[int]:
+        value = self.constant(index, attr, default)
+        if value is None:
+            raise self.fail(f"operand {index} is missing")
+        return [int(v) for v in np.asarray(value).reshape(-1)]
+
+    def scalar(self, index: int, attr: str | None = None, default: float | None = None) -> float:
+        value = self.constant(index, attr, default)
+        if value is None or np.asarray(value).size != 1:
+            raise self.fail(f"operand {index} is not a scalar constant")
+        return float(np.asarray(value).reshape(-1)[0])
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def output(self, index: int = 0) -> str:
+        node = self.node
+        assert node is not None
+        tensor = node.outputs[index]
+        info = self.graph.tensors.get(tensor)
+        name = self.name(tensor)
+        self.variables[name] = Variable(info.shape if info else None, info.dtype if info else "float32")
+        return name
+
+    def temp(self, base: str, dtype: str = "float32") -> str:
+        name, n = base, 1
+        while name in self.taken:
+            name, n = f"{base}_{n}", n + 1
+        self.taken.add(name)
+        self.variables[name] = Variable(None, dtype)
+        return name
+
+    def op(self, type_: str, inputs: dict[str, list[str]], outputs: dict[str, list[str]], **attrs: Any) -> None:
+        self.ops.append(LegacyOp(type_, inputs, outputs, attrs))
+
+    def _constant(self, name: str, value: np.ndarray) -> None:
+        value = np.asarray(value)
+        dtype = str(value.dtype)
+        if dtype not in VAR_TYPES:
+            raise self.fail(f"constant {printable(name)} has dtype {printable(dtype)}")
+        self.made_constants.add(name)
+        self.variables[name] = Variable(tuple(value.shape), dtype)
+        flat = value.reshape(-1)
+        if flat.size and (flat == flat[0]).all():
+            v = flat[0].item()
+            self.op("fill_constant", {}, {"Out": [name]}, shape=[int(d) for d in value.shape], dtype=VAR_TYPES[dtype],
+                    value=float(v), str_value=repr(v) if not isinstance(v, bool) else str(v).lower(), force_cpu=False)
+        else:
+            self.op("assign_value", {}, {"Out": [name]}, shape=[int(d) for d in value.shape], dtype=VAR_TYPES[dtype],
+                    values=[v.item() for v in flat])
+
+
+# ----------------------------------------------------------------------------------------------
+# graph -> legacy ops (pure) -> .pdmodel (Paddle)
+
+
+def translate(graph: Graph) -> LegacyProgram:
+    """The legacy operators of `graph`, in order. Constants are made where a run-time operand
+    needs them and folded into attributes elsewhere; an op without a handler is refused."""
+    missing = sorted({n.op for n in graph.nodes if n.op not in HANDLERS and n.op not in CONSTANT_OPS})
+    if missing:
+        node = next(n for n in graph.nodes if n.op == missing[0])
+        raise ConvertError(f"{printable(node.where())}: op '{printable(node.op)}' has no translation to the legacy "
+                           f"Paddle format; use --paddle-format pir (translated: {', '.join(supported_ops())})")
+    b = LegacyBuilder(graph)
+    for node in graph.nodes:
+        if node.op in CONSTANT_OPS:
+            continue  # made on first run-time use (LegacyBuilder.tensor), folded elsewhere
+        b.node = node
+        HANDLERS[node.op](b, node)
+    b.node = None
+    fetches = [b.tensor(t) for t in graph.outputs]
+    return LegacyProgram(b.ops, b.variables, b.parameters, list(graph.inputs), fetches)
+
+
+def _serialized_size(array: np.ndarray) -> int:
+    """Bytes of one tensor in a `save_combine` file: the LoDTensor header (see lod_tensor.py)
+    and the data."""
+
+    def varint_len(v: int) -> int:
+        return max(1, (int(v).bit_length() + 6) // 7)
+
+    desc = 1 + varint_len(VAR_TYPES.get(str(array.dtype), 0)) + sum(1 + varint_len(d) for d in array.shape)
+    return 4 + 8 + 4 + 4 + desc + array.nbytes
+
+
+def check_shared_params(program: LegacyProgram, params: Path) -> None:
+    """The legacy program reads the PIR model's parameter file as it is: its parameters, in
+    sorted order, must be exactly the tensors the file holds. Checked by size (a tensor more,
+    less or of another shape changes it)."""
+    expected = sum(_serialized_size(np.asarray(a)) for a in program.parameters.values())
+    actual = params.stat().st_size
+    if expected != actual:
+        raise ConvertError(f"{printable(params)} holds {actual} bytes where the legacy program's "
+                           f"{len(program.parameters)} parameters take {expected}: it cannot share them")
+
+
+def build_program_bytes(program: LegacyProgram, graph: Graph) -> bytes:
+    """The serialized legacy ProgramDesc of `program`: Paddle's `append_op` checks each op
+    against its registered proto and fills its default attributes; feed and fetch ops are
+    added as `save_inference_model` adds them; then what Paddle's own inference export leaves
+    out is left out here too (`_strip`)."""
+    from acnet_convert.program_reader import static_mode
+    from acnet_convert.quiet import silenced
+
+    with static_mode() as paddle, silenced(), paddle.pir_utils.OldIrGuard():
+        main = paddle.static.Program()
+        block = main.global_block()
+        for name in program.feeds:
+            info = graph.tensors[name]
+            block.create_var(name=name, shape=list(info.shape), dtype=info.dtype, need_check_feed=True)
+        for name, array in sorted(program.parameters.items()):
+            block.create_var(name=name, shape=list(array.shape), dtype=str(array.dtype), persistable=True)
+        for name, var in program.variables.items():
+            if not block.has_var(name):
+                kwargs = {"shape": list(var.shape)} if var.shape is not None else {}
+                block.create_var(name=name, dtype=var.dtype, **kwargs)
+        for op in program.ops:
+            try:
+                block.append_op(type=op.type, inputs=op.inputs, outputs=op.outputs, attrs=op.attrs)
+            except Exception as err:  # noqa: BLE001 - Paddle raises many types for a bad op
+                raise ConvertError(f"Paddle refused the legacy op '{printable(op.type)}' writing "
+                                   f"{printable(next(iter(op.outputs.values()))[0])}: {one_line(err)}") from None
+        # what normalize_program does, less its clone and prune (nothing here is unused)
+        paddle.static.io.prepend_feed_ops(main, program.feeds)
+        paddle.static.io.append_fetch_ops(main, program.fetches)
+        main.desc._set_version()
+        return _strip(paddle, main.desc.serialize_to_string())
+
+
+def _strip(paddle: Any, data: bytes) -> bytes:
+    """Drop from every op the attributes Paddle's own legacy export does not write: the Python
+    call stack that created it (it would carry this machine's paths) and the "extra"
+    attributes of its proto (oneDNN/cuDNN switches), which readers fill in with defaults."""
+    from paddle.base import core
+    from paddle.base.framework import OpProtoHolder
+    from paddle.base.proto import framework_pb2
+
+    desc = framework_pb2.ProgramDesc()
+    desc.ParseFromString(data)
+    holder = OpProtoHolder.instance()
+    kept_bookkeeping = {"op_role", "op_role_var", "op_namescope", "op_device"}
+    extra: dict[str, set[str]] = {}
+    for block in desc.blocks:
+        for op in block.ops:
+            if op.type not in extra:
+                proto_extra = {a.name for a in holder.get_op_proto(op.type).attrs if a.extra}
+                extra[op.type] = (proto_extra | set(core.get_op_extra_attrs(op.type)) | {"op_callstack"}) - kept_bookkeeping
+            kept = [a for a in op.attrs if a.name not in extra[op.type]]
+            del op.attrs[:]
+            op.attrs.extend(kept)
+    return desc.SerializeToString()
+
+
+def write_legacy_program(artifacts: Artifacts, graph: Graph) -> Path:
+    """Write `artifacts.program("legacy")` (inference.pdmodel), the legacy form of the deploy
+    `graph`, which reads the parameters the PIR model's writer already put in
+    `artifacts.params`. Nothing is written when an op cannot be translated."""
+    program = translate(graph)
+    check_shared_params(program, artifacts.params)
+    data = build_program_bytes(program, graph)
+    path = artifacts.program("legacy")
+    path.write_bytes(data)
+    return path

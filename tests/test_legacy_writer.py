@@ -1,0 +1,174 @@
+"""`fuse --paddle-format legacy|both`: the legacy inference.pdmodel, translated op by op from the
+deploy graph, runs in paddle.inference and computes what the PIR model computes, reading the same
+inference.pdiparams."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from acnet_convert import legacy_ops, legacy_writer
+from acnet_convert.cli import cli
+from acnet_convert.convert import fuse
+from acnet_convert.errors import ConvertError
+from acnet_convert.graph import Graph, Node, TensorInfo
+from acnet_convert.lod_tensor import lod_tensor_bytes
+from fixtures.cnn_models import MODELS
+from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
+from tests.conftest import TEST_INPUT
+
+
+def run_predictor(program: Path, params: Path, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """paddle.inference on the CPU (IR optimisation off: Paddle 3.3.1's oneDNN conv fusion pass
+    crashes on some valid programs, whichever format they come in)."""
+    import paddle.inference as pi
+
+    config = pi.Config(str(program), str(params))
+    config.disable_gpu()
+    config.disable_glog_info()
+    config.switch_ir_optim(False)
+    config.disable_mkldnn()
+    predictor = pi.create_predictor(config)
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    handle.reshape(images.shape)
+    handle.copy_from_cpu(images)
+    predictor.run()
+    names = predictor.get_output_names()
+    return predictor.get_output_handle(names[0]).copy_to_cpu(), names
+
+
+@pytest.fixture(scope="module")
+def resnet18_both(checkpoints, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("legacy") / "resnet18"
+    fuse(checkpoints(18, "vars"), out, input_size=TEST_INPUT, paddle_format="both")
+    return out
+
+
+def test_legacy_and_pir_models_compute_the_same_logits(resnet18_both: Path, images: np.ndarray) -> None:
+    out = resnet18_both
+    pir, _ = run_predictor(out / "inference.json", out / "inference.pdiparams", images)
+    legacy, names = run_predictor(out / "inference.pdmodel", out / "inference.pdiparams", images)
+    scale = max(1.0, float(np.abs(pir).max()))
+    assert legacy.shape == (len(images), 10)
+    assert np.abs(legacy - pir).max() <= 1e-5 * scale  # measured: bit-identical
+    assert names == ["logits"]
+
+
+def test_both_formats_share_one_params_file_in_sorted_name_order(resnet18_both: Path) -> None:
+    """The sharing answer: Paddle writes a program's parameters as save_combine does, each
+    tensor serialized in the order of its sorted name; both programs declare the same
+    parameters, so one file serves both (byte for byte what the deploy weights serialize to)."""
+    with open(resnet18_both / "deploy.pdparams", "rb") as f:
+        weights = pickle.load(f)
+    expected = b"".join(lod_tensor_bytes(weights[name]) for name in sorted(weights))
+    assert (resnet18_both / "inference.pdiparams").read_bytes() == expected
+    manifest = (resnet18_both / "manifest.json").read_text()
+    assert '"legacy"' in manifest and '"pir"' in manifest
+
+
+def test_legacy_program_has_the_attributes_paddles_own_export_writes(resnet18_both: Path) -> None:
+    """No Python call stacks (they would carry this machine's paths) and no oneDNN/cuDNN
+    switches: conv2d has the attributes a Paddle 3.3 legacy jit.save writes, no more."""
+    from paddle.base.proto import framework_pb2
+
+    data = (resnet18_both / "inference.pdmodel").read_bytes()
+    desc = framework_pb2.ProgramDesc()
+    desc.ParseFromString(data)
+    ops = desc.blocks[0].ops
+    assert b"op_callstack" not in data and str(Path(__file__).parent).encode() not in data
+    conv = next(op for op in ops if op.type == "conv2d")
+    assert {a.name for a in conv.attrs} == {"data_format", "dilations", "groups", "padding_algorithm", "paddings",
+                                             "strides", "op_device", "op_namescope", "op_role", "op_role_var"}
+    assert [op.type for op in ops][:1] == ["feed"] and [op.type for op in ops][-1:] == ["fetch"]
+    assert len(desc.op_version_map.pair) > 0
+
+
+def test_legacy_program_has_the_legacy_op_types() -> None:
+    """The ops a Paddle 2.x reader knows: conv2d + elementwise_add (bias on axis 1), pool2d with
+    ksize folded from PIR's kernel-size operand, matmul_v2, flatten_contiguous_range."""
+    graph = Graph(
+        nodes=[
+            Node("conv2d", ("image", "w", "b"), ("c",), {"strides": [2, 2], "paddings": [1, 1, 1, 1], "dilations": [1, 1],
+                                                        "groups": 1, "padding_algorithm": "EXPLICIT", "data_format": "NCHW"}),
+            Node("full_int_array", (), ("k",), {"value": [3, 3], "dtype": "int64"}),
+            Node("pool2d", ("c", "k"), ("p",), {"strides": [2, 2], "paddings": [1, 1], "pooling_type": "max"}),
+            Node("relu", ("p",), ("r",)),
+        ],
+        inputs=["image"], outputs=["r"],
+        tensors={"image": TensorInfo((-1, 3, 8, 8), "float32"), "c": TensorInfo((-1, 4, 4, 4), "float32")},
+        weights={"w": np.zeros((4, 3, 3, 3), np.float32), "b": np.zeros(4, np.float32)},
+        constants={"k": np.array([3, 3], np.int64)},
+        output_names=["out"],
+    )
+    program = legacy_writer.translate(graph)
+    assert [op.type for op in program.ops] == ["conv2d", "elementwise_add", "pool2d", "relu"]
+    add, pool = program.ops[1], program.ops[2]
+    assert add.attrs["axis"] == 1 and add.inputs["Y"] == ["b"]
+    assert pool.attrs["ksize"] == [3, 3] and pool.inputs == {"X": ["c"]}
+    assert sorted(program.parameters) == ["b", "w"]
+    assert program.fetches == ["out"] and program.ops[-1].outputs == {"Out": ["out"]}
+
+
+def test_an_op_without_translation_is_refused_by_name() -> None:
+    graph = Graph([Node("frobnicate", ("image",), ("y",), origin=(7,))], ["image"], ["y"],
+                  {"image": TensorInfo((-1, 3, 8, 8), "float32")}, {})
+    with pytest.raises(ConvertError, match=r"op #7.*'frobnicate' has no translation to the legacy Paddle format; "
+                                           r"use --paddle-format pir"):
+        legacy_writer.translate(graph)
+
+
+def test_untranslatable_op_exits_3_and_writes_nothing(checkpoints, tmp_path, monkeypatch) -> None:
+    monkeypatch.delitem(legacy_ops.HANDLERS, "pool2d")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["fuse", str(checkpoints(18, "vars")), str(out), "--input-size", str(TEST_INPUT)])
+    assert result.exit_code == 3, result.output
+    assert "'pool2d' has no translation to the legacy Paddle format" in result.output
+    assert len(result.output.strip().splitlines()[-1]) < 1000 and "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.iterdir())
+    # the PIR model alone still converts
+    result = CliRunner().invoke(cli, ["fuse", str(checkpoints(18, "vars")), str(out), "--input-size", str(TEST_INPUT),
+                                      "--paddle-format", "pir"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "inference.pdmodel").exists()
+
+
+def test_params_of_another_program_are_refused(tmp_path) -> None:
+    program = legacy_writer.LegacyProgram([], {}, {"w": np.zeros((4, 3), np.float32)}, ["image"], ["y"])
+    params = tmp_path / "inference.pdiparams"
+    params.write_bytes(lod_tensor_bytes(np.zeros((4, 3), np.float32)))
+    legacy_writer.check_shared_params(program, params)
+    params.write_bytes(lod_tensor_bytes(np.zeros((4, 4), np.float32)))
+    with pytest.raises(ConvertError, match="cannot share them"):
+        legacy_writer.check_shared_params(program, params)
+
+
+def test_paddle_format_legacy_writes_only_the_pdmodel(checkpoints, tmp_path, images) -> None:
+    out = tmp_path / "legacy"
+    result = fuse(checkpoints(18, "vars"), out, input_size=TEST_INPUT, paddle_format="legacy", onnx=True)
+    assert result.manifest.formats == ("legacy",)
+    assert (out / "inference.pdmodel").is_file() and not (out / "inference.json").exists()
+    logits, _ = run_predictor(out / "inference.pdmodel", out / "inference.pdiparams", images)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {"image": images})[0]
+    assert np.abs(onnx_logits - logits).max() <= 1e-4 * max(1.0, float(np.abs(logits).max()))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_fixture_cnn_has_a_legacy_model_equal_to_its_pir_model(cnn_models, tmp_path, name: str) -> None:  # noqa: F811
+    """Users' own graphs (MobileNets with depthwise convs, U-Net's concat and interpolation,
+    SE multiply, hardswish, pads and slices, dropout, unfused sums and BNs, cumsum): every op
+    they leave in the deploy graph has a legacy translation that computes the same thing."""
+    out = tmp_path / name
+    fuse(cnn_models(name, "pir"), out, paddle_format="both")
+    channels, height, width = MODELS[name].input_shape
+    images = np.random.default_rng(3).normal(size=(2, channels, height, width)).astype(np.float32)
+    pir, pir_names = run_predictor(out / "inference.json", out / "inference.pdiparams", images)
+    legacy, legacy_names = run_predictor(out / "inference.pdmodel", out / "inference.pdiparams", images)
+    assert legacy.shape == pir.shape
+    assert np.abs(legacy - pir).max() <= 1e-5 * max(1.0, float(np.abs(pir).max()))
+    assert legacy_names == pir_names

@@ -1,0 +1,63 @@
+"""The legacy inference.pdmodel read by a client nobody here wrote: OpenVINO's Paddle front end
+(which cannot read PIR's inference.json). Its logits agree with ONNX Runtime running our
+model.onnx and with paddle.inference, within 1e-4 of the logit scale. Skipped without the
+`openvino` test extra."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+from acnet_convert.convert import fuse  # noqa: E402
+from fixtures.cnn_models import MODELS  # noqa: E402
+from tests.cnn_fixtures import cnn_models  # noqa: E402,F401 - a fixture
+from tests.conftest import TEST_INPUT  # noqa: E402
+from tests.test_legacy_writer import run_predictor  # noqa: E402
+
+
+def run_openvino(model: Path, images: np.ndarray) -> np.ndarray:
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(model)), "CPU")
+    return np.asarray(compiled([images])[compiled.output(0)])
+
+
+def run_onnx(model: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| in units of the logit scale (max(1, max |b|))."""
+    return float(np.abs(a - b).max()) / max(1.0, float(np.abs(b).max()))
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_openvino_runs_the_legacy_resnet_model(checkpoints, images, tmp_path, depth: int) -> None:
+    out = tmp_path / f"resnet{depth}"
+    fuse(checkpoints(depth, "vars"), out, input_size=TEST_INPUT, paddle_format="both", onnx=True)
+    openvino = run_openvino(out / "inference.pdmodel", images)
+    onnx = run_onnx(out / "model.onnx", images)
+    paddle_pir, _ = run_predictor(out / "inference.json", out / "inference.pdiparams", images)
+    assert openvino.shape == (len(images), 10)
+    assert _agree(openvino, onnx) <= 1e-4
+    assert _agree(openvino, paddle_pir) <= 1e-4
+    assert (openvino.argmax(1) == paddle_pir.argmax(1)).all()
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_acb", "unet_acb", "se_hardswish_acb", "cropped_acb"])
+def test_openvino_runs_legacy_models_of_other_cnns(cnn_models, tmp_path, name: str) -> None:  # noqa: F811
+    """Depthwise convs and relu6, concat and nearest/bilinear upsampling, SE multiply with
+    hardsigmoid/hardswish, pad3d and slices: the legacy ops OpenVINO must understand."""
+    out = tmp_path / name
+    fuse(cnn_models(name, "pir"), out, paddle_format="both", onnx=True)
+    channels, height, width = MODELS[name].input_shape
+    images = np.random.default_rng(5).normal(size=(2, channels, height, width)).astype(np.float32)
+    openvino = run_openvino(out / "inference.pdmodel", images)
+    onnx = run_onnx(out / "model.onnx", images)
+    assert openvino.shape == onnx.shape
+    assert _agree(openvino, onnx) <= 1e-4
