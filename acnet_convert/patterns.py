@@ -7,7 +7,7 @@ feeds only that BN, possibly reading its input through crops (`slice`) and zero 
 a tree of `add`/`add_n` nodes whose inner results feed only the tree. A sum becomes one conv
 with bias when all its terms are branches of the same tensor with the same stride, dilation
 and groups, and every branch reads taps that sit on one dilated grid, so each kernel lands in
-the fused kernel at an offset (`Geometry`). Every other conv whose output only a BN reads
+the fused kernel at an offset (the arithmetic is in `geometry`). Every other conv whose output only a BN reads
 folds alone. What does not qualify stays as written; `Declined` says why, for `inspect`.
 """
 from __future__ import annotations
@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from acnet_convert.graph import Graph, Node
-
-BIG = 1 << 30  # slice ends at or above this mean "to the end"
+from acnet_convert.geometry import IDENTITY, Geometry, NotFusable, conv_geometry, fused_grid
+from acnet_convert.graph import Graph
 _CONVS = ("conv2d",)
 _SUMS = ("add", "add_n")
 # ops between a branch's shared input and its conv that crop or zero-pad it (F.pad on NCHW is
@@ -67,53 +66,6 @@ class Declined:
     node: int  # the sum's root node
     output: str
     reason: str
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where one branch reads its input, per axis (h, w): the taps of output position i sit at
-    input rows i*stride + first + u*dilation, u < kernel; crops and pads are per side."""
-
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    pad: tuple[int, int, int, int]  # top, bottom, left, right (conv padding + explicit pads)
-    crop: tuple[int, int, int, int]  # top, bottom, left, right (slices of the input)
-
-    def first(self, axis: int) -> int:
-        return self.crop[2 * axis] - self.pad[2 * axis]
-
-    def extent(self, axis: int) -> int:
-        """Output size = (in + extent - 1) // stride + 1: equal extents, equal shapes for any input."""
-        k, d = self.kernel[axis], self.dilation[axis]
-        return self.pad[2 * axis] + self.pad[2 * axis + 1] - self.crop[2 * axis] - self.crop[2 * axis + 1] - d * (k - 1)
-
-
-class _Why(Exception):
-    """A reason a sum does not fold (becomes `Declined.reason`)."""
-
-
-def _pair(value: Any, name: str) -> tuple[int, int]:
-    values = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2:
-        raise _Why(f"{name} {value} is not 2-D")
-    return values[0], values[1]
-
-
-def _conv_padding(node: Node) -> tuple[int, int, int, int]:
-    algorithm = str(node.attrs.get("padding_algorithm", "EXPLICIT")).upper()
-    if algorithm == "VALID":
-        return 0, 0, 0, 0
-    if algorithm != "EXPLICIT":
-        raise _Why(f"padding_algorithm {algorithm} depends on the input size")
-    p = [int(v) for v in node.attrs.get("paddings", [0, 0])]
-    if len(p) == 2:
-        return p[0], p[0], p[1], p[1]
-    if len(p) == 4:
-        return p[0], p[1], p[2], p[3]
-    raise _Why(f"paddings {p} are not 2-D")
 
 
 class _Finder:
@@ -183,78 +135,7 @@ class _Finder:
         return conv, tuple(reversed(path)), source
 
     def geometry(self, conv: int, path: tuple[int, ...]) -> Geometry:
-        node = self.g.nodes[conv]
-        kh, kw = self.g.weights[node.inputs[1]].shape[2:]
-        pad = list(_conv_padding(node))
-        crop = [0, 0, 0, 0]
-        for step in path:
-            extra_pad, extra_crop = self.input_step(step)
-            pad = [a + b for a, b in zip(pad, extra_pad)]
-            crop = [a + b for a, b in zip(crop, extra_crop)]
-        for side in range(4):
-            if pad[side] and crop[side]:
-                raise _Why("a branch both crops and pads the same side of its input")
-        return Geometry(
-            (int(kh), int(kw)),
-            _pair(node.attrs.get("strides", [1, 1]), "strides"),
-            _pair(node.attrs.get("dilations", [1, 1]), "dilations"),
-            tuple(pad),  # type: ignore[arg-type]
-            tuple(crop),  # type: ignore[arg-type]
-        )
-
-    def input_step(self, i: int) -> tuple[list[int], list[int]]:
-        """The (pad, crop) a slice or pad node applies to H and W: top, bottom, left, right."""
-        node = self.g.nodes[i]
-        shape = self.shape(node.inputs[0]) if isinstance(node.inputs[0], str) else None
-        if node.op in ("squeeze", "unsqueeze"):
-            axes = self.g.constant(node.inputs[1]) if len(node.inputs) > 1 else None
-            if axes is None or [int(a) for a in axes.reshape(-1)] not in ([2], [-3]):
-                raise _Why(f"a {node.op} of an axis other than the one F.pad adds")
-            return [0, 0, 0, 0], [0, 0, 0, 0]
-        if node.op == "slice":
-            starts, ends = self.g.constant(node.inputs[1]), self.g.constant(node.inputs[2])
-            axes = [int(a) for a in node.attrs.get("axes", [])]
-            if starts is None or ends is None or node.attrs.get("decrease_axis"):
-                raise _Why("a slice with computed bounds")
-            crop = [0, 0, 0, 0]
-            for axis, start, end in zip(axes, starts.tolist(), ends.tolist()):
-                axis = axis + 4 if axis < 0 else axis
-                size = shape[axis] if shape and len(shape) == 4 and shape[axis] > 0 else None
-                if start < 0:
-                    if size is None:
-                        raise _Why("a slice from the end of a dynamic axis")
-                    start += size
-                if end >= BIG:
-                    after = 0
-                elif end < 0:
-                    after = -end
-                elif size is not None:
-                    after = max(size - end, 0)
-                else:
-                    raise _Why("a slice to a fixed index of a dynamic axis")
-                if axis in (2, 3):
-                    crop[2 * (axis - 2)] += start
-                    crop[2 * (axis - 2) + 1] += after
-                elif start != 0 or after != 0:
-                    raise _Why("a slice across batch or channels")
-            return [0, 0, 0, 0], crop
-        mode = str(node.attrs.get("mode", "constant"))
-        value = float(node.attrs.get("pad_value", node.attrs.get("value", 0.0)))
-        if mode != "constant" or value != 0.0:
-            raise _Why(f"a {mode} pad with value {value}")
-        if node.op == "pad":
-            p = self.g.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-            p = [int(v) for v in (p.tolist() if p is not None else node.attrs.get("paddings", []))]
-            if len(p) != 8 or any(p[:4]):
-                raise _Why("a pad across batch or channels")
-            return p[4:8], [0, 0, 0, 0]
-        p = self.g.constant(node.inputs[1]) if len(node.inputs) > 1 else None
-        p = [int(v) for v in (p.tolist() if p is not None else node.attrs.get("paddings", []))]
-        data_format = str(node.attrs.get("data_format", "NCDHW"))
-        if len(p) != 6 or data_format != "NCDHW" or any(p[4:]):
-            raise _Why("a pad3d that is not an H/W zero pad of NCHW")
-        left, right, top, bottom = p[:4]
-        return [top, bottom, left, right], [0, 0, 0, 0]
+        return conv_geometry(self.g, self.g.nodes[conv], [self.g.nodes[i] for i in path])
 
     def bn_params(self, bn: int) -> tuple[tuple[str | None, str | None, str, str], float]:
         node = self.g.nodes[bn]
@@ -304,20 +185,20 @@ class _Finder:
     def sum_group(self, root: int) -> Group:
         nodes, terms = self.sum_tree(root)
         if len(terms) < 2:
-            raise _Why("fewer than two terms")
+            raise NotFusable("fewer than two terms")
         shapes = {self.shape(t) for t in terms}
         if len(shapes) > 1:
-            raise _Why("terms of different shapes (broadcasting)")
+            raise NotFusable("terms of different shapes (broadcasting)")
         bns = []
         for term in terms:
             bn = self.made_by(term, ("batch_norm",))
             if bn is None:
-                raise _Why(f"term {term} is not a batch norm output")
+                raise NotFusable(f"term {term} is not a batch norm output")
             readers = self.users.get(term, [])
             if self.g.nodes[bn].outputs[0] != term or term in self.outputs or len(readers) != 1 or readers[0] not in nodes:
-                raise _Why(f"batch norm output {term} is also used outside the sum")
+                raise NotFusable(f"batch norm output {term} is also used outside the sum")
             if not self.bn_ready(bn):
-                raise _Why(f"batch norm {term} is not in inference mode (or not NCHW)")
+                raise NotFusable(f"batch norm {term} is not in inference mode (or not NCHW)")
             bns.append(bn)
         readings = [(bn, self.conv_branch(bn)) for bn in bns]
         # the shared input: every branch's conv input (through crops/pads), or the BN's own input
@@ -326,7 +207,7 @@ class _Finder:
             option.add(self.g.nodes[bn].inputs[0])  # type: ignore[arg-type]
         shared = set.intersection(*options)
         if not shared:
-            raise _Why("the terms read different tensors")
+            raise NotFusable("the terms read different tensors")
         # prefer the tensor that the most branches read through a conv
         x = max(sorted(shared), key=lambda t: sum(1 for _bn, c in readings if c and c[2] == t))
         branches = []
@@ -343,7 +224,7 @@ class _Finder:
         in_per_group = set()
         for branch_kind, _bn, conv, path in raw:
             if branch_kind == "identity":
-                geometries.append(Geometry((1, 1), (1, 1), (1, 1), (0, 0, 0, 0), (0, 0, 0, 0)))
+                geometries.append(IDENTITY)
                 continue
             node = self.g.nodes[conv]  # type: ignore[index]
             geometries.append(self.geometry(conv, path))  # type: ignore[arg-type]
@@ -351,10 +232,10 @@ class _Finder:
             in_per_group.add(int(self.g.weights[node.inputs[1]].shape[1]))  # type: ignore[index]
         channels = {int(self.g.weights[self.g.nodes[bn].inputs[2]].shape[0]) for _k, bn, _c, _p in raw}  # type: ignore[index]
         if len(channels) != 1:
-            raise _Why("branches with different channel counts")
+            raise NotFusable("branches with different channel counts")
         out_channels = channels.pop()
         if len(groups) > 1 or len(in_per_group) > 1:
-            raise _Why("branches with different groups")
+            raise NotFusable("branches with different groups")
         x_shape = self.shape(x)
         in_channels = x_shape[1] if x_shape and len(x_shape) == 4 and x_shape[1] > 0 else None
         if groups:
@@ -363,41 +244,11 @@ class _Finder:
             group_count, per_group = out_channels, 1
         if any(k == "identity" for k, *_ in raw):
             if in_channels is not None and in_channels != out_channels:
-                raise _Why("an identity branch whose input and output channels differ")
+                raise NotFusable("an identity branch whose input and output channels differ")
             if per_group * group_count != out_channels:
-                raise _Why("an identity branch in a conv whose input and output channels differ")
-        strides = {g.stride for g in geometries}
-        if len(strides) != 1:
-            raise _Why(f"branches with different strides {sorted(strides)}")
-        stride = strides.pop()
-        kernel: list[int] = []
-        dilation: list[int] = []
-        padding: list[int] = []
-        offsets: list[list[int]] = [[], []]
-        for axis in (0, 1):
-            # a dilation only matters along an axis where the kernel is longer than 1
-            dilations = {g.dilation[axis] for g in geometries if g.kernel[axis] > 1}
-            if len(dilations) > 1:
-                raise _Why("branches with different dilations")
-            d = dilations.pop() if dilations else 1
-            extents = {g.extent(axis) for g in geometries}
-            if len(extents) != 1:
-                raise _Why("branches whose output sizes differ for some input sizes")
-            extent = extents.pop()
-            firsts = [g.first(axis) for g in geometries]
-            lo = min(firsts)
-            hi = max(f + d * (g.kernel[axis] - 1) for f, g in zip(firsts, geometries))
-            if any((f - lo) % d for f in firsts):
-                raise _Why("kernels that do not sit on one dilated grid (misaligned padding)")
-            size = (hi - lo) // d + 1
-            before = -lo
-            after = extent + d * (size - 1) - before
-            if before < 0 or after < 0:
-                raise _Why("the fused kernel would need a crop of the input")
-            kernel.append(size)
-            dilation.append(d)
-            padding.extend([before, after])
-            offsets[axis] = [(f - lo) // d for f in firsts]
+                raise NotFusable("an identity branch in a conv whose input and output channels differ")
+        grid = fused_grid(geometries)
+        kernel = grid.kernel
         branches = []
         for i, ((branch_kind, bn, conv, path), geometry) in enumerate(zip(raw, geometries)):
             params, epsilon = self.bn_params(bn)
@@ -406,24 +257,24 @@ class _Finder:
                 branch_kind, bn, conv, path,
                 node.inputs[1] if node else None,  # type: ignore[arg-type]
                 node.inputs[2] if node is not None and len(node.inputs) > 2 else None,  # type: ignore[arg-type]
-                params, epsilon, geometry.kernel, (offsets[0][i], offsets[1][i]),
+                params, epsilon, geometry.kernel, grid.offsets[i],
             ))
         conv_branches = [i for i, b in enumerate(branches) if b.kind == "conv"]
         if not conv_branches:
-            raise _Why("no conv branch to name the fused conv after")
+            raise NotFusable("no conv branch to name the fused conv after")
         named_after = max(conv_branches, key=lambda i: (branches[i].kernel[0] * branches[i].kernel[1], -i))
         if branches[named_after].kernel != (kernel[0], kernel[1]):
             # a fused kernel larger than every branch would cost more than the plain conv
             k = branches[named_after].kernel
-            raise _Why(f"the branches do not all sit inside the largest {k[0]}x{k[1]} kernel (misaligned padding)")
+            raise NotFusable(f"the branches do not all sit inside the largest {k[0]}x{k[1]} kernel (misaligned padding)")
         members = set(sum_nodes)
         for b in branches:
             members.add(b.bn)
             if b.conv is not None:
                 members.add(b.conv)
             members.update(b.input_ops)
-        return Group(kind, x, output, tuple(branches), tuple(sorted(members)), (kernel[0], kernel[1]), stride,
-                     (dilation[0], dilation[1]), tuple(padding), group_count, out_channels, per_group, named_after)  # type: ignore[arg-type]
+        return Group(kind, x, output, tuple(branches), tuple(sorted(members)), grid.kernel, geometries[0].stride,
+                     grid.dilation, grid.padding, group_count, out_channels, per_group, named_after)
 
 
 def find_groups(graph: Graph) -> tuple[list[Group], list[Declined]]:
@@ -438,7 +289,7 @@ def find_groups(graph: Graph) -> tuple[list[Group], list[Declined]]:
             continue
         try:
             group = finder.sum_group(i)
-        except _Why as why:
+        except NotFusable as why:
             if _is_branch_sum(finder, i):
                 declined[i] = Declined(i, graph.nodes[i].outputs[0], str(why))
             continue
@@ -456,7 +307,7 @@ def find_groups(graph: Graph) -> tuple[list[Group], list[Declined]]:
             continue
         try:
             group = finder.build_group("conv_bn", graph.nodes[conv[0]].inputs[0], node.outputs[0], [("conv", i, conv[0], ())], [])  # type: ignore[arg-type]
-        except _Why:
+        except NotFusable:
             continue
         taken.update(group.nodes)
         groups.append(group)
