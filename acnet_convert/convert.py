@@ -78,6 +78,22 @@ def declined_rows(graph: Graph, declined: list[Declined]) -> list[dict[str, Any]
     return [{"op": graph.nodes[d.node].where(), "output": d.output, "reason": d.reason} for d in declined]
 
 
+def _write_inference_config(artifacts: Artifacts, source: Source, input_size: int) -> None:
+    """OUT/inference.yml (PaddleClas's deploy layout) for image models: one [N, 3, H, W] input.
+    A classifier (one [N, C] output) gets its label count; dense outputs get no PostProcess."""
+    from acnet_convert.deploy_config import write_inference_config
+
+    graph = source.graph
+    shape = graph.tensors[graph.inputs[0]].shape if len(graph.inputs) == 1 and graph.inputs[0] in graph.tensors else ()
+    if len(shape) != 4 or shape[1] != 3 or (shape[2] > 0 and shape[2] != shape[3]):
+        return
+    size = shape[2] if shape[2] > 0 else input_size
+    outputs = [graph.tensors.get(name) for name in graph.outputs]
+    classes = outputs[0].shape[1] if len(outputs) == 1 and outputs[0] and len(outputs[0].shape) == 2 and outputs[0].shape[1] > 0 else None
+    name = source.plan.arch if source.plan else source.path.parent.name or source.path.stem
+    write_inference_config(artifacts, input_size=size, num_classes=classes, model_name=name)
+
+
 def fuse(
     source_path: Path,
     out: Path,
@@ -157,6 +173,7 @@ def fuse(
                     artifacts.program("pir").unlink()
                 timings["legacy"] = time.perf_counter() - legacy_start
             artifacts.write_deploy_weights(deploy.weights)
+            _write_inference_config(artifacts, source, input_size)
             if reference_layout:
                 write_reference_layout(artifacts.persistables, reference_tensors(plan, source.graph.weights, deploy.weights))
             if onnx:

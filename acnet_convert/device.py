@@ -33,10 +33,6 @@ class Device:
     def paddle_place(self) -> str:
         return "gpu:0" if self.paddle_gpu else "cpu"
 
-    @property
-    def ort_gpu(self) -> bool:
-        return CUDA_PROVIDER in self.ort_providers
-
 
 def driver_gpus() -> tuple[int, str]:
     """CUDA devices the NVIDIA driver reports, and why there are none when there are none."""

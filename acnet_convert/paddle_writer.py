@@ -30,7 +30,8 @@ def _value(source: Program, ops: list[Any], name: str, made: dict[str, Any]) -> 
     return ops[position].result(index)
 
 
-def _parameter(paddle: Any, source: Program, name: str, array: np.ndarray) -> Any:
+def add_parameter(paddle: Any, source: Program, name: str, array: np.ndarray) -> Any:
+    """A new parameter of `source.program` holding `array` (in the scope), as a PIR value."""
     # create_parameter must come before set_insertion_point: it resets the insertion point
     value = paddle.pir.core.create_parameter(
         dtype=str(array.dtype), shape=list(array.shape), name=name,
@@ -52,8 +53,8 @@ def apply_fusion(source: Program, graph: Graph, fused: list[FusedConv]) -> None:
             paddle.static.program_guard(source.program, paddle.static.Program()):
         for f in fused:
             group = f.group
-            weight = _parameter(paddle, source, f.weight, f.kernel)
-            bias = _parameter(paddle, source, f.bias, f.bias_value)
+            weight = add_parameter(paddle, source, f.weight, f.kernel)
+            bias = add_parameter(paddle, source, f.bias, f.bias_value)
             root = ops[source.values[group.output][0]]
             paddle.pir.set_insertion_point(root)
             top, bottom, left, right = group.padding
@@ -68,25 +69,10 @@ def apply_fusion(source: Program, graph: Graph, fused: list[FusedConv]) -> None:
                 block.remove_op(ops[position])
 
 
-def _fill_scope(paddle: Any, source: Program) -> None:
-    """Parameters held as numpy arrays (`Program.arrays`) go into the scope, where Paddle saves
-    them from; those the scope already has (loaded, or fused) stay."""
-    if source.arrays is None:
-        return
-    place = paddle.CPUPlace()
-    for op in source.program.global_block().ops:
-        if op.name() != "builtin.parameter":
-            continue
-        name = op.attrs()["parameter_name"]
-        variable = source.scope.find_var(name)
-        if (variable is None or not variable.get_tensor()._is_initialized()) and name in source.arrays:
-            source.scope.var(name).get_tensor().set(np.ascontiguousarray(source.arrays[name]), place)
-
-
 def save_program(source: Program, prefix: Path) -> Path:
     """Save `source.program` (with its parameters) as PREFIX.json + PREFIX.pdiparams."""
     with static_mode() as paddle, paddle.static.scope_guard(source.scope):
-        _fill_scope(paddle, source)
+        source.fill_scope()
         block = source.program.global_block()
         feeds = [op.result(0) for op in block.ops if op.name() in ("pd_op.data", "pd_op.feed")]
         fetches = [op.operand_source(0) for op in block.ops if op.name() == "pd_op.fetch"]

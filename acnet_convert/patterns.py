@@ -299,6 +299,8 @@ def find_groups(graph: Graph) -> tuple[list[Group], list[Declined]]:
         groups.append(group)
         for j in group.nodes:
             declined.pop(j, None)
+    # a sum around a fused one (a residual add of an ACB's output) is not a near miss
+    declined = {i: d for i, d in declined.items() if not taken.intersection(finder.sum_tree(i)[0])}
     for i, node in enumerate(graph.nodes):
         if node.op != "batch_norm" or i in taken or not finder.bn_ready(i):
             continue

@@ -60,6 +60,27 @@ class Program:
     def ops(self) -> list[Any]:
         return list(self.program.global_block().ops)
 
+    def fill_scope(self) -> None:
+        """Put parameters held as numpy arrays (`arrays`) into the scope, where Paddle runs and
+        saves them from; those the scope already has (loaded, or fused) stay."""
+        if not self.arrays:
+            return
+        paddle = import_paddle()
+        place = paddle.CPUPlace()
+        for op in self.ops:
+            if op.name() != "builtin.parameter":
+                continue
+            name = op.attrs()["parameter_name"]
+            variable = self.scope.find_var(name)
+            if (variable is None or not variable.get_tensor()._is_initialized()) and name in self.arrays:
+                self.scope.var(name).get_tensor().set(np.ascontiguousarray(self.arrays[name]), place)
+
+    def close(self) -> None:
+        """Free the parameters now. Paddle keeps every Scope in a global pool, so dropping the
+        last reference frees nothing (measured: +100 MB per ResNet-50 load)."""
+        self.scope.erase(self.scope.local_var_names())
+        self.arrays = None
+
 
 # ----------------------------------------------------------------------------------------------
 # finding and loading
@@ -264,7 +285,14 @@ def read_graph(source: Program) -> Graph:
                 variable = source.scope.find_var(name)
                 if variable is None:
                     raise ConvertError(f"{printable(source.params)} lacks parameter {printable(name)} that the program reads")
-                weights[name] = np.array(variable.get_tensor())
+                # moved, not copied: the scope's tensor is emptied and `fill_scope` puts back what
+                # is still needed when the program is run or saved (one copy of the weights)
+                tensor = variable.get_tensor()
+                weights[name] = np.array(tensor)
+                tensor._clear()
+                if source.arrays is None:
+                    source.arrays = {}
+                source.arrays[name] = weights[name]
             info = _tensor_info(op.result(0))
             if info is not None:
                 tensors[name] = info

@@ -1,356 +1,75 @@
-"""`verify`: prove the deploy model computes the function the trained checkpoint computes.
+"""`verify`: prove the deploy model computes the function the train-form model computes.
 
-Three graphs run on the same inputs:
+The graphs, run on the same inputs:
 
-* ``train``: the train graph (ACB branches, BatchNorm in inference mode) built by
-  `models.train_model` from the source checkpoint, saved as a program and run by
-  paddle.inference with graph passes off, so every branch and BN runs as written;
-* ``paddle-deploy``: OUT/inference.json + inference.pdiparams through `paddle.inference`
-  (`Config` + `create_predictor`), the artifact users deploy;
-* ``onnx``: OUT/model.onnx under ONNX Runtime, when the file exists.
+* ``train``: the train-form model, every branch and BatchNorm as written (paddle.inference with
+  its graph passes off): the user's own program for a program source, untouched; for a
+  ResNet-ACNet checkpoint, the program `source.open_source` builds from it. The source is the
+  one named in OUT/manifest.json (its sha256 must still match) or `--ckpt`/`--source`;
+* ``paddle-deploy`` (OUT/inference.json) and ``paddle-legacy`` (OUT/inference.pdmodel): every
+  Paddle deploy model OUT holds, through paddle.inference, as users deploy them;
+* ``onnx``: OUT/model.onnx (or `--onnx PATH`) under ONNX Runtime, when there is one.
 
-Beside the outputs, the fused tensors the predictor loads (read from inference.pdiparams with
-Paddle's own loader) must equal OUT/deploy.pdparams bit for bit, and ``--per-layer`` runs every
-plan conv of a deploy dygraph model built from inference.pdiparams on the train graph's input to
-that conv and compares the outputs (before any ReLU), so a wrong tensor is named by its layer.
+Every pair is judged by the rule in `verify_report` (|a_ij - b_ij| <= atol + rtol * s_i, s_i
+sample i's largest |output|). Besides, the tensors each Paddle deploy model loads must equal
+OUT/deploy.pdparams bit for bit, and `--per-layer` judges every fused group alone
+(`per_layer`). Inputs: random normal batches, a `--inputs FILE.npy`, or `--images DIR`
+(`images`, preprocessed as OUT/inference.yml says, `deploy_config`), streamed.
 
-JSON report (`VerifyReport.to_json()`)::
-
-    {
-      "ok": bool,                  # every pair passes, deploy weights consistent, no layer diverges
-      "device": "cpu" | "gpu",     # where Paddle ran (ONNX Runtime's provider is in the notes)
-      "arch": "resnet50", "num_classes": int, "input_size": int,
-      "images": int,               # images compared (batch-size x batches, or N of --inputs)
-      "atol": float, "rtol": float,
-      "source": {
-        "path": str,               # checkpoint the train graph was loaded from
-        "sha256": str,             # its sha256 now
-        "checked": bool            # true: equals the sha256 recorded by fuse in manifest.json
-      },
-      "pairs": [                   # train~paddle-deploy, then train~onnx, paddle-deploy~onnx
-        {"a": "train", "b": "paddle-deploy",   # a is the reference
-         "max_abs_error": float,   # max over all logits of |a_ij - b_ij|
-         "max_rel_error": float,   # max over all logits of |a_ij - b_ij| / max(s_i, 1e-12)
-         "cosine": float,          # smallest per-image cosine similarity of the logit vectors
-         "top1_agreement": float,  # fraction of images whose arg-max class agrees
-         "pass": bool}             # numpy.allclose: every |a_ij - b_ij| <= atol + rtol * |a_ij|
-      ],                           # s_i = max_j |a_ij|: image i's logit scale
-      "per_layer": null | {        # null unless --per-layer; first batch only
-        "first_divergent_layer": str | null,
-        "layers": [{"name": str, "max_abs_error": float, "pass": bool}]   # plan order
-      },                           # layer pass: max abs error <= atol + rtol * max |train output|
-      "deploy_weights_consistent": bool,   # inference.pdiparams == deploy.pdparams, bitwise
-      "mismatched_tensors": [str]          # tensors that differ, or are in only one of them
-    }
-
-Errors that are not finite (NaN/Inf logits) are written as null and fail the pair.
+This module only orchestrates: the report and the verdict are `verify_report`, the runtimes
+`runners`, the inputs and how they stream through the runtimes `feeds` (images: `images`,
+their preprocessing: `deploy_config`), the per-group check `per_layer`.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from acnet_convert.device import Device, resolve_device
+from acnet_convert.artifacts import Artifacts, Manifest
+from acnet_convert.deploy_config import Preprocess, default_preprocess, read_inference_config
+from acnet_convert.device import resolve_device
 from acnet_convert.errors import ConvertError
-from acnet_convert.manifest import (
-    DEPLOY_WEIGHTS,
-    MANIFEST,
-    MODEL_PREFIX,
-    ONNX_MODEL,
-    manifest_plan,
-    program_file,
-    read_manifest,
-)
-from acnet_convert.plan import Plan
-from acnet_convert.quiet import import_paddle, silenced
+from acnet_convert.feeds import ImageFeed, MemoryFeed, RandomBatches, Track, load_inputs
+from acnet_convert.runners import Runner, onnx_session, paddle_predictor, release_memory, train_files, train_runner
+from acnet_convert.text import printable
+from acnet_convert.verify_report import PairStats, SourceInfo, VerifyReport, noise_floor, widened_rtol
 
-TRAIN, DEPLOY, ONNX = "train", "paddle-deploy", "onnx"
-REL_FLOOR = 1e-12  # denominator floor of the relative error: all-zero logits do not divide by 0
-MAX_THREADS = 8
+TRAIN, ONNX = "train", "onnx"
+PADDLE_NAMES = {"pir": "paddle-deploy", "legacy": "paddle-legacy"}
 
 
-@dataclass(frozen=True)
-class PairResult:
-    a: str
-    b: str
-    max_abs_error: float
-    max_rel_error: float
-    cosine: float
-    top1_agreement: float
-    passed: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "a": self.a,
-            "b": self.b,
-            "max_abs_error": _finite(self.max_abs_error),
-            "max_rel_error": _finite(self.max_rel_error),
-            "cosine": _finite(self.cosine),
-            "top1_agreement": self.top1_agreement,
-            "pass": self.passed,
-        }
+def image_shape(manifest: Manifest) -> tuple[int, int, int]:
+    """(C, H, W) verify feeds: the model's static sizes, the manifest's input size where dynamic."""
+    if len(manifest.inputs) != 1:
+        raise ConvertError(f"the deploy model has {len(manifest.inputs)} inputs; verify feeds models with one input")
+    shape = manifest.inputs[0].shape
+    if len(shape) != 4:
+        raise ConvertError(f"the deploy model's input has shape {list(shape)}; verify feeds [N, C, H, W] images")
+    c, h, w = shape[1:]
+    if c < 1:
+        raise ConvertError("the deploy model's channel count is dynamic; verify needs it fixed")
+    return c, h if h > 0 else manifest.input_size, w if w > 0 else manifest.input_size
 
 
-@dataclass(frozen=True)
-class LayerResult:
-    name: str
-    max_abs_error: float
-    passed: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "max_abs_error": _finite(self.max_abs_error), "pass": self.passed}
-
-
-@dataclass(frozen=True)
-class Source:
-    path: str
-    sha256: str
-    checked: bool
+# ------------------------------------------------------------------------------------------
+# the deploy models and their weights
 
 
 @dataclass
-class VerifyReport:
-    device: str
-    arch: str
-    num_classes: int
-    input_size: int
-    images: int
-    atol: float
-    rtol: float
-    source: Source
-    pairs: list[PairResult]
-    mismatched_tensors: list[str]
-    layers: list[LayerResult] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def deploy_weights_consistent(self) -> bool:
-        return not self.mismatched_tensors
-
-    @property
-    def first_divergent_layer(self) -> str | None:
-        return next((layer.name for layer in self.layers or [] if not layer.passed), None)
-
-    @property
-    def ok(self) -> bool:
-        return (
-            all(pair.passed for pair in self.pairs)
-            and self.deploy_weights_consistent
-            and self.first_divergent_layer is None
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        per_layer = None
-        if self.layers is not None:
-            per_layer = {
-                "first_divergent_layer": self.first_divergent_layer,
-                "layers": [layer.to_json() for layer in self.layers],
-            }
-        return {
-            "ok": self.ok,
-            "device": self.device,
-            "arch": self.arch,
-            "num_classes": self.num_classes,
-            "input_size": self.input_size,
-            "images": self.images,
-            "atol": self.atol,
-            "rtol": self.rtol,
-            "source": {"path": self.source.path, "sha256": self.source.sha256, "checked": self.source.checked},
-            "pairs": [pair.to_json() for pair in self.pairs],
-            "per_layer": per_layer,
-            "deploy_weights_consistent": self.deploy_weights_consistent,
-            "mismatched_tensors": list(self.mismatched_tensors),
-        }
-
-    def format_table(self) -> str:
-        size = f"{self.input_size}x{self.input_size}"
-        lines = [
-            f"{self.arch}, {self.num_classes} classes: {self.images} images of {size} on the {self.device.upper()}"
-            f" (atol {self.atol:g}, rtol {self.rtol:g})",
-            f"  {'pair':<26} {'max abs':>9} {'max rel':>9} {'min cos':>9} {'top-1':>7}  result",
-        ]
-        for p in self.pairs:
-            lines.append(
-                f"  {p.a + ' ~ ' + p.b:<26} {_sci(p.max_abs_error):>9} {_sci(p.max_rel_error):>9} "
-                f"{p.cosine:>9.6f} {p.top1_agreement:>7.1%}  {'pass' if p.passed else 'FAIL'}"
-            )
-        if self.deploy_weights_consistent:
-            lines.append(f"  deploy weights: inference.pdiparams and {DEPLOY_WEIGHTS} are identical")
-        else:
-            shown = ", ".join(self.mismatched_tensors[:5])
-            more = f" and {len(self.mismatched_tensors) - 5} more" if len(self.mismatched_tensors) > 5 else ""
-            lines.append(
-                f"  deploy weights: inference.pdiparams and {DEPLOY_WEIGHTS} differ in "
-                f"{len(self.mismatched_tensors)} tensor(s): {shown}{more}  FAIL"
-            )
-        if self.layers is not None:
-            first = self.first_divergent_layer
-            if first is None:
-                worst = max((layer.max_abs_error for layer in self.layers), default=0.0)
-                lines.append(f"  per layer: all {len(self.layers)} convs agree (worst max abs {_sci(worst)})")
-            else:
-                bad = [layer for layer in self.layers if not layer.passed]
-                error = next(layer.max_abs_error for layer in bad)
-                lines.append(
-                    f"  per layer: first divergent layer {first} (max abs {_sci(error)}); "
-                    f"{len(bad)} of {len(self.layers)} convs diverge  FAIL"
-                )
-        if not self.source.checked:
-            lines.append(f"  source: {self.source.path} is not the checkpoint recorded in {MANIFEST}")
-        lines.append("MATCH" if self.ok else "MISMATCH")
-        return "\n".join(lines)
+class DeployModel:
+    name: str  # "paddle-deploy" | "paddle-legacy"
+    program: Path
+    params: Path
+    ops: frozenset[str] = frozenset()  # its op names, filled when it is loaded
 
 
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
-def _sci(x: float) -> str:
-    return f"{x:.2e}" if np.isfinite(x) else str(x)
-
-
-# ------------------------------------------------------------------------------------------
-# metrics
-
-
-def compare(a: np.ndarray, b: np.ndarray, names: tuple[str, str], atol: float, rtol: float) -> PairResult:
-    """Compare logits `b` against the reference `a` (both [N, classes]).
-
-    A pair passes by numpy.allclose's rule, element by element, which is what users mean by
-    atol/rtol. The reported relative error divides by each image's logit scale max_j |a_ij|
-    instead of by each logit, so a logit that is near zero because large terms cancel does not
-    report a huge relative error that says nothing about the model."""
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    diff = np.abs(a64 - b64)
-    scale = np.abs(a64).max(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dots = np.sum(a64 * b64, axis=1)
-        norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-        same = diff.max(axis=1) == 0
-        cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(same, 1.0, 0.0))
-        relative = diff / np.maximum(scale, REL_FLOOR)
-    return PairResult(
-        a=names[0],
-        b=names[1],
-        max_abs_error=float(diff.max()),
-        max_rel_error=float(relative.max()),
-        cosine=float(cosines.min()),
-        top1_agreement=float(np.mean(a64.argmax(axis=1) == b64.argmax(axis=1))),
-        passed=bool(np.all(diff <= atol + rtol * np.abs(a64))),  # NaN compares False: fails
-    )
-
-
-# ------------------------------------------------------------------------------------------
-# inputs
-
-
-def random_batches(batch_size: int, batches: int, input_size: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [
-        rng.standard_normal((batch_size, 3, input_size, input_size), dtype=np.float32) for _ in range(batches)
-    ]
-
-
-def load_inputs(path: Path, input_size: int, batch_size: int) -> list[np.ndarray]:
-    """A float32 [N, 3, input_size, input_size] .npy file, split into batches."""
-    path = Path(path)
-    if path.suffix != ".npy":
-        raise ConvertError(f"--inputs {path}: expected a .npy file (numpy.save of a float32 [N,3,H,W] array)")
-    if not path.is_file():
-        raise ConvertError(f"--inputs {path} does not exist")
-    try:
-        images = np.load(path, mmap_mode="r", allow_pickle=False)  # header checks before reading
-    except (ValueError, OSError, EOFError) as err:
-        raise ConvertError(f"--inputs {path} is not a readable .npy file ({err})") from None
-    expected = f"[N, 3, {input_size}, {input_size}]"
-    if images.ndim != 4 or images.shape[1:] != (3, input_size, input_size) or images.shape[0] < 1:
-        raise ConvertError(
-            f"--inputs {path} has shape {list(images.shape)}; the deploy model takes {expected} "
-            f"(input size {input_size} from {MANIFEST})"
-        )
-    if images.dtype != np.float32:
-        raise ConvertError(f"--inputs {path} is {images.dtype}; expected float32 {expected} (use .astype(np.float32))")
-    images = np.array(images)
-    if not np.isfinite(images).all():
-        raise ConvertError(f"--inputs {path} holds NaN or Inf")
-    return [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-
-
-# ------------------------------------------------------------------------------------------
-# the artifacts in OUT
-
-
-def _model_files(out_dir: Path) -> tuple[Path, Path]:
-    """OUT/inference.json (inference.pdmodel on Paddle 2.x) and OUT/inference.pdiparams."""
-    prefix = out_dir / MODEL_PREFIX
-    program = program_file(prefix)
-    params = prefix.with_suffix(".pdiparams")
-    for path in (program, params, out_dir / DEPLOY_WEIGHTS):
-        if not path.is_file():
-            raise ConvertError(f"{path} is missing: {out_dir} is not a complete output of 'acnet-convert fuse'")
-    if program.suffix == ".json":
-        try:
-            text = json.loads(program.read_text())
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ConvertError(f"{program} is corrupt: not valid JSON ({err})") from None
-        if not isinstance(text, dict) or "program" not in text:
-            raise ConvertError(f"{program} is not a Paddle inference program (no 'program' entry)")
-    return program, params
-
-
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = next((line for line in lines if "Error" in line or "error" in line), lines[0] if lines else "")
-    text = text or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def read_inference_params(program: Path, params: Path) -> dict[str, np.ndarray]:
-    """The tensors the predictor loads, by parameter name, read with Paddle's own loader
-    (`paddle.static.load_inference_model` into a private scope)."""
-    paddle = import_paddle()
-    was_dynamic = paddle.in_dynamic_mode()
-    paddle.enable_static()
-    try:
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope), silenced():
-            executor = paddle.static.Executor(paddle.CPUPlace())
-            try:
-                # default file names: PREFIX.json (.pdmodel on Paddle 2.x) + PREFIX.pdiparams
-                loaded, _feeds, _fetches = paddle.static.load_inference_model(str(program.with_suffix("")), executor)
-            except Exception as err:  # noqa: BLE001 - Paddle raises many types for a bad file
-                message = _one_line(err)
-                if "model file" in message.lower():  # Paddle's words for a bad program
-                    raise ConvertError(f"{program} cannot be loaded: {message}") from None
-                raise ConvertError(f"{params} (with {program.name}) cannot be loaded: {message}") from None
-            names = [p.name for p in loaded.global_block().all_parameters()]
-            return {name: np.array(scope.find_var(name).get_tensor()) for name in names}
-    finally:
-        if was_dynamic:
-            paddle.disable_static()
-
-
-def _check_params(plan: Plan, tensors: Mapping[str, np.ndarray], path: Path) -> None:
-    for name, shape in plan.deploy_tensors().items():
-        if name not in tensors:
-            raise ConvertError(f"{path} lacks tensor {name}: not a deploy model of {plan.arch}")
-        if tuple(tensors[name].shape) != shape:
-            raise ConvertError(
-                f"{path}: tensor {name} has shape {list(tensors[name].shape)}, expected {list(shape)} for {plan.arch}"
-            )
-    extra = sorted(set(tensors) - set(plan.deploy_tensors()))
-    if extra:
-        raise ConvertError(f"{path} holds tensor {extra[0]} that {plan.arch}'s deploy model does not have")
-
-
-def mismatched_tensors(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> list[str]:
+def mismatched_tensors(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
     """Names whose tensors are not bitwise identical (or exist in only one mapping)."""
     out = []
     for name in sorted(set(a) | set(b)):
@@ -366,262 +85,274 @@ def mismatched_tensors(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray])
     return out
 
 
-def _cpu_threads() -> int:
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        available = os.cpu_count() or 1
-    return max(1, min(available, MAX_THREADS))
+def _loaded_parameters(program: Any) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, value) of every parameter a loaded program reads, one at a time."""
+    for op in program.ops:
+        if op.name() == "builtin.parameter":
+            name = op.attrs()["parameter_name"]
+            variable = program.scope.find_var(name)
+            if variable is not None:
+                yield name, np.array(variable.get_tensor())
 
 
-Runner = Callable[[np.ndarray], np.ndarray]
+def check_deploy_weights(models: list[DeployModel], artifacts: Artifacts, keep: set[str], want_geometry: bool):
+    """Load every Paddle deploy model with Paddle's own loader and compare the parameters it
+    loads with deploy.pdparams, bit for bit. Returns (mismatched names, the parameters named in
+    `keep` as the first model loads them, the first model's conv geometry if `want_geometry`)."""
+    from acnet_convert.per_layer import deploy_geometry
+    from acnet_convert.program_reader import load_program, read_graph
 
-
-def paddle_predictor(program: Path, params: Path, device: Device, ir_optim: bool = True) -> Runner:
-    """A Paddle inference model through paddle.inference, as users run it. `ir_optim=False`
-    runs the program as written (no BN folding or other graph passes)."""
-    import_paddle()
-    from paddle import inference
-
-    config = inference.Config(str(program), str(params))
-    config.disable_glog_info()
-    config.switch_ir_optim(ir_optim)
-    if device.paddle_gpu:
-        config.enable_use_gpu(256, 0)
-    else:
-        config.disable_gpu()
-        config.set_cpu_math_library_num_threads(_cpu_threads())
-    try:
-        with silenced():
-            predictor = inference.create_predictor(config)
-    except Exception as err:  # noqa: BLE001
-        raise ConvertError(f"{program} cannot be loaded by paddle.inference: {_one_line(err)}") from None
-    image = predictor.get_input_handle(predictor.get_input_names()[0])
-    logits = predictor.get_output_handle(predictor.get_output_names()[0])
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with silenced():
-            image.reshape(list(batch.shape))
-            image.copy_from_cpu(batch)
-            predictor.run()
-            return logits.copy_to_cpu()
-
-    return run
-
-
-def train_predictor(train, input_size: int, tmp: Path, device: Device) -> Runner:
-    """The train graph (ACB branches, BN in inference mode) saved as a program and run by
-    paddle.inference without graph passes, so BN is computed as written, not folded. 3-4x
-    faster than running the dygraph layers batch by batch (ResNet-50, batch 8: 1.9 s vs 7 s)."""
-    from acnet_convert.paddle_writer import save_program
-
-    with silenced():
-        program = save_program(train, tmp / "train", input_size)
-    return paddle_predictor(program, tmp / "train.pdiparams", device, ir_optim=False)
-
-
-def onnx_session(path: Path, device: Device) -> Runner:
-    with silenced():
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = _cpu_threads()
-        # Paddle runs between ORT's batches: ORT's spinning threads would steal its cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=list(device.ort_providers))
-        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
-            raise ConvertError(f"{path} is corrupt or not a valid ONNX model: {_one_line(err)}") from None
-    image = session.get_inputs()[0]
-    output_name = session.get_outputs()[0].name
-    # export-onnx --static-batch fixes the batch dimension (to 1): feed such a model in steps
-    step = image.shape[0] if isinstance(image.shape[0], int) and image.shape[0] > 0 else None
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        if step is None:
-            return session.run([output_name], {image.name: batch})[0]
-        parts = [session.run([output_name], {image.name: batch[i : i + step]})[0] for i in range(0, len(batch), step)]
-        return np.concatenate(parts)
-
-    return run
+    stored = artifacts.load_deploy_weights()
+    mismatched: set[str] = set()
+    kept: dict[str, np.ndarray] = {}
+    geometry = None
+    for i, model in enumerate(models):
+        loaded = load_program(model.program, model.params)
+        model.ops = frozenset(op.name() for op in loaded.ops)
+        seen = set()
+        for name, value in _loaded_parameters(loaded):
+            seen.add(name)
+            if name not in stored or mismatched_tensors({name: value}, {name: stored[name]}):
+                mismatched.add(name)
+            if i == 0 and name in keep:
+                kept[name] = value
+        mismatched.update(set(stored) - seen)
+        if i == 0 and want_geometry:
+            geometry = deploy_geometry(read_graph(loaded))
+        loaded.close()
+        del loaded
+    return sorted(mismatched), kept, geometry
 
 
 # ------------------------------------------------------------------------------------------
-# the source checkpoint
+# the source
 
 
-def _load_train_source(manifest: dict[str, Any], out_dir: Path, ckpt: Path | None, note: Callable[[str], None]):
-    from acnet_convert.convert import load_source
+def open_train_source(manifest: Manifest, artifacts: Artifacts, override: Path | None, size: int,
+                      note: Callable[[str], None]):
+    """The source named in the manifest (or `override`), opened; its sha256 must match the
+    manifest's unless `override` names it."""
+    from acnet_convert.source import find_program, open_source
 
-    recorded = manifest.get("source") or {}
-    explicit = ckpt is not None
-    path = Path(ckpt) if explicit else Path(recorded.get("path", ""))
-    if not explicit and not recorded.get("path"):
-        raise ConvertError(f"{out_dir / MANIFEST} names no source checkpoint; pass --ckpt")
-    if not path.exists():
-        where = "--ckpt" if explicit else f"the source checkpoint named in {out_dir / MANIFEST}"
-        hint = "" if explicit else "; pass --ckpt with its new location"
-        raise ConvertError(f"{where} {path} does not exist{hint}")
-    checkpoint, plan, warnings = load_source(path, manifest["arch"], int(manifest["num_classes"]))
-    for warning in warnings:
+    recorded = manifest.source
+    explicit = override is not None
+    path = Path(override) if explicit else Path(recorded.path)
+    what = "checkpoint" if recorded.kind == "checkpoint" else "model"
+    flag = "--ckpt" if recorded.kind == "checkpoint" else "--source"
+    if not path.exists() and find_program(path) is None:
+        where = flag if explicit else f"the source {what} named in {printable(artifacts.manifest_path)}"
+        hint = "" if explicit else f"; pass {flag} with its new location"
+        raise ConvertError(f"{where} {printable(path)} does not exist{hint}")
+    if find_program(path) is not None:
+        source = open_source(path)
+    else:
+        source = open_source(path, arch=manifest.arch or "auto", num_classes=manifest.num_classes, input_size=size)
+    for warning in source.warnings:
         note(f"warning: {warning}")
-    expected = recorded.get("sha256")
-    checked = expected == checkpoint.sha256
+    checked = recorded.sha256 == source.sha256
     if not checked:
         if not explicit:
             raise ConvertError(
-                f"checkpoint {path} changed since it was fused: its sha256 {checkpoint.sha256[:16]}... differs from "
-                f"{str(expected)[:16]}... recorded in {out_dir / MANIFEST} (pass --ckpt {path} to compare anyway)"
+                f"{what} {printable(path)} changed since it was fused: its sha256 {source.sha256[:16]}... differs from "
+                f"{recorded.sha256[:16]}... recorded in {printable(artifacts.manifest_path)} "
+                f"(pass {flag} {printable(path)} to compare anyway)"
             )
-        note(
-            f"--ckpt {path} is not the checkpoint {out_dir} was fused from (sha256 {checkpoint.sha256[:16]}... vs "
-            f"{str(expected)[:16]}... in {MANIFEST}); comparing against it anyway"
-        )
-    return checkpoint, plan, Source(str(path), checkpoint.sha256, checked)
+        note(f"{flag} {printable(path)} is not the {what} {printable(artifacts.root)} was fused from (sha256 "
+             f"{source.sha256[:16]}... vs {recorded.sha256[:16]}... in manifest.json); comparing against it anyway")
+    return source, SourceInfo(str(path), source.kind, source.sha256, checked)
 
 
 # ------------------------------------------------------------------------------------------
-# per layer
+# the run
 
 
-def compare_layers(plan: Plan, train, deploy, batch: np.ndarray, atol: float, rtol: float) -> list[LayerResult]:
-    """Run the train graph once; at every plan conv, run the deploy conv on the very input the
-    train conv got and compare the two outputs (BN is inside the train layer, ReLU outside
-    both), so each layer is judged alone and errors do not accumulate. Plan order.
+@dataclass
+class _Log:
+    """The run's notes (each also passed to the caller's `note`) and phase timings."""
 
-    A layer passes when max |deploy - train| <= atol + rtol * max |train| over its whole
-    output: the tolerance follows the layer's scale, because an element-wise rtol fails the
-    outputs that are near zero only because large terms cancel (float32 rounding there is
-    relative to the terms, not to the result)."""
-    paddle = import_paddle()
-    found: dict[str, LayerResult] = {}
+    note: Callable[[str], None]
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
-    def hook_for(name: str):
-        def hook(_layer, inputs, output):
-            expected = np.asarray(output.numpy(), np.float64)
-            got = np.asarray(deploy.convs[name](inputs[0]).numpy(), np.float64)
-            if got.shape != expected.shape:
-                found[name] = LayerResult(name, float("inf"), False)
-                return
-            error = float(np.abs(got - expected).max())
-            scale = float(np.abs(expected).max())
-            found[name] = LayerResult(name, error, bool(error <= atol + rtol * scale))  # NaN fails
+    def say(self, text: str) -> None:
+        self.notes.append(text)
+        self.note(text)
 
-        return hook
-
-    handles = [train.convs[c.name].register_forward_post_hook(hook_for(c.name)) for c in plan.convs()]
-    try:
-        with paddle.no_grad():
-            train(paddle.to_tensor(batch))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [found[c.name] for c in plan.convs()]
-
-
-# ------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _paddle_device(place: str) -> Iterator[None]:
-    paddle = import_paddle()
-    before = paddle.get_device()
-    paddle.set_device(place)
-    try:
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
         yield
-    finally:
-        paddle.set_device(before)
+        self.timings[phase] = time.perf_counter() - start
+
+
+def _check_options(atol: float, rtol: float, batch_size: int, batches: int, inputs: Path | None,
+                   images: Path | None, labels: Path | None, ckpt: Path | None, source: Path | None) -> None:
+    if atol < 0 or rtol < 0:
+        raise ConvertError("--atol and --rtol must be >= 0")
+    if batch_size < 1 or batches < 1:
+        raise ConvertError("--batch-size and --batches must be >= 1")
+    if inputs is not None and images is not None:
+        raise ConvertError("--inputs and --images are two ways to give images: pass one")
+    if labels is not None and images is None:
+        raise ConvertError("--labels goes with --images DIR")
+    if ckpt is not None and source is not None and Path(ckpt) != Path(source):
+        raise ConvertError("--ckpt and --source name the same thing: pass one")
+
+
+def _preprocess(artifacts: Artifacts, manifest: Manifest, shape: tuple[int, int, int], overrides: dict[str, Any],
+                say: Callable[[str], None]) -> tuple[Preprocess, str, int | None]:
+    """OUT/inference.yml's preprocessing (ImageNet's for the input size if there is none) with
+    the flags' `overrides`; where it came from; the label count it gives."""
+    if shape[0] != 3:
+        raise ConvertError(f"--images: the model takes {shape[0]}-channel inputs; images are read as RGB")
+    config = read_inference_config(artifacts)
+    if config is None:
+        say(f"no {artifacts.inference_config.name} in {printable(artifacts.root)}: ImageNet preprocessing for "
+            f"input size {shape[1]}")
+        base, origin, classes = default_preprocess(shape[1]), "defaults", None
+    else:
+        base, origin, classes = config.preprocess, artifacts.inference_config.name, config.num_classes
+    flags = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in overrides.items() if v is not None}
+    if flags:
+        origin += " + " + ", ".join(f"--{k.replace('_', '-')}" for k in flags)
+        if "crop" in flags and "resize_short" not in flags:
+            flags["resize_short"] = int(round(flags["crop"] * base.resize_short / base.crop))
+    preprocess = Preprocess(**{**base.__dict__, **flags})
+    fixed = [d for d in manifest.inputs[0].shape[2:] if d > 0]
+    if fixed and any(d != preprocess.crop for d in fixed):
+        raise ConvertError(f"--images: the crop size is {preprocess.crop}, but the deploy model takes "
+                           f"{'x'.join(map(str, manifest.inputs[0].shape[2:]))} images")
+    return preprocess, origin, classes
+
+
+def _feed(artifacts: Artifacts, manifest: Manifest, shape: tuple[int, int, int], inputs: Path | None,
+          images: Path | None, labels: Path | None, overrides: dict[str, Any], batch_size: int, batches: int,
+          seed: int, say: Callable[[str], None]) -> MemoryFeed | ImageFeed:
+    if images is None:
+        if inputs is not None:
+            return MemoryFeed("npy", load_inputs(inputs, shape, batch_size))
+        return MemoryFeed("random", RandomBatches(batch_size, batches, shape, seed))
+    from acnet_convert.images import ImageSet
+
+    preprocess, origin, classes = _preprocess(artifacts, manifest, shape, overrides, say)
+    image_set = ImageSet.open(images, labels)
+    image_set.check_labels(manifest.num_classes or classes)
+    return ImageFeed(image_set, preprocess, origin, batch_size)
 
 
 def verify(
     out_dir: Path,
     *,
     ckpt: Path | None = None,
+    source: Path | None = None,
+    onnx: Path | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-5,
     batch_size: int = 8,
     batches: int = 4,
     seed: int = 0,
     inputs: Path | None = None,
+    images: Path | None = None,
+    labels: Path | None = None,
+    resize_short: int | None = None,
+    crop: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     device: str = "auto",
     per_layer: bool = False,
     note: Callable[[str], None] = lambda _text: None,
-    track: Callable[[list, str], Iterable] | None = None,
+    track: Track | None = None,
 ) -> VerifyReport:
-    """Compare the train graph, the deploy Paddle inference model and (if present) model.onnx
-    of fuse output `out_dir`; see the module docstring for what is measured and the JSON form.
-    Raises ConvertError for bad input; a mismatch is a report with `ok == False`."""
-    out_dir = Path(out_dir)
-    if atol < 0 or rtol < 0:
-        raise ConvertError("--atol and --rtol must be >= 0")
-    if batch_size < 1 or batches < 1:
-        raise ConvertError("--batch-size and --batches must be >= 1")
-    manifest = read_manifest(out_dir)
-    plan = manifest_plan(manifest)
-    input_size = int(manifest["input_size"])
-    program, params = _model_files(out_dir)
-    onnx_path = out_dir / ONNX_MODEL
-    has_onnx = onnx_path.is_file()
-    images = load_inputs(inputs, input_size, batch_size) if inputs is not None else (
-        random_batches(batch_size, batches, input_size, seed)
-    )
-    target = resolve_device(device, onnx=has_onnx)
+    """Compare the train-form model, every Paddle deploy model in `out_dir` and its ONNX model
+    (if any); see the module docstring. Raises ConvertError for bad input; a mismatch is a
+    report with `ok == False`."""
+    _check_options(atol, rtol, batch_size, batches, inputs, images, labels, ckpt, source)
+    artifacts = Artifacts(out_dir)
+    manifest = artifacts.read_manifest()
+    artifacts.check_complete(manifest)
+    log = _Log(note)
+    onnx_path = Path(onnx) if onnx is not None else (artifacts.onnx if artifacts.onnx.is_file() else None)
+    if onnx_path is not None and not onnx_path.is_file():
+        raise ConvertError(f"--onnx {printable(onnx_path)} does not exist")
+    target = resolve_device(device, onnx=onnx_path is not None)
     for text in target.notes:
-        note(text)
+        log.say(text)
+    if onnx_path is None:
+        log.say(f"no {artifacts.onnx.name} in {printable(artifacts.root)}: comparing the Paddle models only")
+    overrides = {"resize_short": resize_short, "crop": crop, "mean": mean, "std": std}
+    feed = _feed(artifacts, manifest, image_shape(manifest), inputs, images, labels, overrides, batch_size, batches,
+                 seed, log.say)  # the user's inputs first: their errors come before any heavy work
+    shape = image_shape(manifest) if isinstance(feed, MemoryFeed) else (3, feed.preprocess.crop, feed.preprocess.crop)
 
-    from acnet_convert.checkpoint import load_pickle
-
-    deployed = read_inference_params(program, params)
-    _check_params(plan, deployed, params)
-    mismatched = mismatched_tensors(deployed, load_pickle(out_dir / DEPLOY_WEIGHTS))
-
-    runners: dict[str, Runner] = {DEPLOY: paddle_predictor(program, params, target)}
-    if has_onnx:
-        runners[ONNX] = onnx_session(onnx_path, target)
-    else:
-        note(f"no {ONNX_MODEL} in {out_dir}: comparing the train graph and the Paddle deploy model only")
-    checkpoint, plan, source = _load_train_source(manifest, out_dir, ckpt, note)
-
-    import_paddle()  # quietly, before models imports it
-    from acnet_convert.models import deploy_model, train_model
-
-    with _paddle_device(target.paddle_place), tempfile.TemporaryDirectory(prefix="acnet-verify-") as tmp:
-        train = train_model(plan, checkpoint.tensors)
-        del checkpoint
-        runners = {TRAIN: train_predictor(train, input_size, Path(tmp), target), **runners}
-        logits: dict[str, list[np.ndarray]] = {name: [] for name in runners}
-        for batch in track(images, "verifying") if track else images:
-            for name, run in runners.items():
-                logits[name].append(np.asarray(run(batch)))
+    models = [DeployModel(PADDLE_NAMES[fmt], program, params) for fmt, program, params in artifacts.paddle_models(manifest)]
+    with log.timed("deploy weights"):
+        keep = {name for row in manifest.fused for name in row.get("deploy_tensors", [])} if per_layer else set()
+        mismatched, deployed, geometry = check_deploy_weights(models, artifacts, keep, per_layer)
+        release_memory()
+    with tempfile.TemporaryDirectory(prefix="acnet-verify-") as tmp:
+        with log.timed("train graph"):
+            train, info = open_train_source(manifest, artifacts, source if source is not None else ckpt, shape[1],
+                                            log.say)
+            files = train_files(train, Path(tmp))
+            train_ops = frozenset(op.name() for op in train.program.ops)
         layers = None
         if per_layer:
-            layers = compare_layers(plan, train, deploy_model(plan, deployed), images[0], atol, rtol)
+            first = feed.first()
+            if first is None:
+                raise ConvertError("--per-layer: the first batch of images could not be read")
+            from acnet_convert.per_layer import compare_groups
 
-    outputs = {name: np.concatenate(parts) for name, parts in logits.items()}
-    for name, path in ((DEPLOY, program), (ONNX, onnx_path)):
-        if name in outputs and outputs[name].shape != outputs[TRAIN].shape:
-            raise ConvertError(
-                f"{path} outputs logits of shape {list(outputs[name].shape)}, the train graph "
-                f"{list(outputs[TRAIN].shape)}: it is not a model of this {plan.arch}"
-            )
-    order = [TRAIN, DEPLOY] + ([ONNX] if has_onnx else [])
-    pairs = [
-        compare(outputs[a], outputs[b], (a, b), atol, rtol)
-        for i, a in enumerate(order)
-        for b in order[i + 1 :]
-    ]
+            with log.timed("per layer"):
+                layers = compare_groups(train.program, train.graph.inputs[0], list(manifest.fused), deployed, first,
+                                        target, atol, rtol, geometry)
+        train.program.close()  # the runners load their own copies
+        del train, deployed
+        release_memory()
+        noise = None
+        first = feed.first()
+        if first is not None:
+            with log.timed("noise floor"):
+                noise = _noise_floor(files, target, train_ops, first)
+            judged = widened_rtol(rtol, noise)
+            if judged > rtol:
+                log.say(f"float32 noise floor: the train graph as written and under Paddle's optimised kernels differ by "
+                        f"{noise:.1e} of each image's largest |output|; pairs are judged with rtol {judged:.2g}")
+            release_memory()
+
+        factories: list[Callable[[], Runner]] = [lambda: train_runner(files, target, Path(info.path), train_ops)]
+        factories += [lambda m=m: paddle_predictor(m.name, m.program, m.params, target, ops=m.ops) for m in models]
+        if onnx_path is not None:
+            factories.append(lambda: onnx_session(onnx_path, target, shape))
+
+        def stats_of(fp16: dict[str, bool]) -> list[PairStats]:
+            names = [TRAIN] + [m.name for m in models] + ([ONNX] if onnx_path is not None else [])
+            judged = rtol if noise is None else widened_rtol(rtol, noise)
+            return [PairStats(a, b, atol, judged, fp16=fp16.get(a, False) or fp16.get(b, False))
+                    for i, a in enumerate(names) for b in names[i + 1 :]]
+
+        result = feed.run(factories, stats_of, track, log.say, release_memory)
+    log.timings.update(result.timings)
     return VerifyReport(
-        device=target.name,
-        arch=plan.arch,
-        num_classes=plan.num_classes,
-        input_size=input_size,
-        images=int(sum(len(batch) for batch in images)),
-        atol=atol,
-        rtol=rtol,
-        source=source,
-        pairs=pairs,
-        mismatched_tensors=mismatched,
-        layers=layers,
-        notes=list(target.notes),
+        device=target.name, arch=manifest.arch, num_classes=manifest.num_classes, input_size=shape[1],
+        images=result.images, inputs=feed.kind, atol=atol, rtol=rtol, source=info,
+        graphs=[(name, str(path)) for name, path in result.paths.items()],
+        pairs=[s.result() for s in result.stats], mismatched_tensors=mismatched, layers=layers,
+        per_layer_images=0 if layers is None else len(feed.first()), image_set=result.image_set,
+        onnx_providers=result.providers, notes=log.notes, timings=log.timings, noise_floor=noise,
     )
+
+
+def _noise_floor(files: tuple[Path, Path], target: Any, ops: Any, batch: np.ndarray) -> float:
+    """The train graph's own float32 noise on `batch`: as written vs under Paddle's optimised
+    kernels (BN folded, oneDNN), two computations of one function (verify_report's docstring)."""
+    written = train_runner(files, target, files[0], ops)
+    try:
+        a = written(batch)
+    finally:
+        written.close()
+    optimised = paddle_predictor("train-optimised", files[0], files[1], target, ops=ops)
+    try:
+        b = optimised(batch)
+    finally:
+        optimised.close()
+    return noise_floor(a, b)

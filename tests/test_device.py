@@ -125,7 +125,7 @@ def test_real_machine_never_asks_ort_for_cuda_without_a_gpu(monkeypatch, tmp_pat
     """On this machine (no GPU, onnxruntime-gpu installed), the real detection keeps ORT on the CPU."""
     import numpy as np
 
-    from acnet_convert.verify import onnx_session
+    from acnet_convert.runners import onnx_session
 
     present, reason = detect_gpu()
     if present:
@@ -139,4 +139,4 @@ def test_real_machine_never_asks_ort_for_cuda_without_a_gpu(monkeypatch, tmp_pat
     run = onnx_session(tmp_path / "m.onnx", chosen)
     assert asked == [[CPU_PROVIDER]]
     x = np.ones((2, 3), np.float32)
-    assert (run(x) == x).all()
+    assert (run(x)[0] == x).all()

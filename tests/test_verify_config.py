@@ -1,0 +1,111 @@
+"""OUT/inference.yml: written in PaddleClas's deploy layout (deploy/configs/inference_cls.yaml),
+read back by verify --images, and read from PaddleClas's own layout; the YAML subset reader
+refuses what it does not understand, naming the line."""
+from __future__ import annotations
+
+import pytest
+
+from acnet_convert.artifacts import Artifacts
+from acnet_convert.deploy_config import (
+    DeployConfig,
+    Preprocess,
+    default_preprocess,
+    parse_inference_config,
+    parse_yaml,
+    read_inference_config,
+    render,
+    write_inference_config,
+)
+from acnet_convert.errors import ConvertError
+
+# the layout of PaddleClas's deploy/configs/inference_cls.yaml, as its predict_cls.py reads it
+PADDLECLAS = """\
+Global:
+  infer_imgs: "./images/ILSVRC2012_val_00000010.jpeg"
+  inference_model_dir: "./models"
+  batch_size: 1
+  use_gpu: True
+  enable_mkldnn: False   # a comment after a value
+  cpu_num_threads: 10
+PreProcess:
+  transform_ops:
+    - ResizeImage:
+        resize_short: 256
+    - CropImage:
+        size: 224
+    - NormalizeImage:
+        scale: 0.00392157
+        mean: [0.485, 0.456, 0.406]
+        std: [0.229, 0.224, 0.225]
+        order: ''
+    - ToCHWImage:
+PostProcess:
+  name: Topk
+  topk: 5
+  class_id_map_file: "../ppcls/utils/imagenet1k_label_list.txt"
+"""
+
+
+def test_paddleclas_layout_is_read() -> None:
+    config = parse_inference_config(PADDLECLAS)
+    assert config.preprocess == Preprocess(resize_short=256, crop=224)
+    assert config.topk == 5 and config.num_classes is None
+    data = parse_yaml(PADDLECLAS)
+    assert data["Global"]["use_gpu"] is True and data["Global"]["enable_mkldnn"] is False
+    assert data["PreProcess"]["transform_ops"][3] == {"ToCHWImage": None}
+    assert data["PostProcess"]["class_id_map_file"] == "../ppcls/utils/imagenet1k_label_list.txt"
+
+
+def test_written_config_has_the_paddleclas_layout_and_reads_back(tmp_path) -> None:
+    artifacts = Artifacts(tmp_path)
+    path = write_inference_config(artifacts, input_size=320, num_classes=1000, model_name="resnet50_acnet")
+    assert path == tmp_path / "inference.yml"
+    data = parse_yaml(path.read_text())
+    ops = data["PreProcess"]["transform_ops"]
+    assert [next(iter(op)) for op in ops] == ["ResizeImage", "CropImage", "NormalizeImage", "ToCHWImage"]
+    assert ops[0]["ResizeImage"] == {"resize_short": 366}  # 320 * 256 / 224
+    assert ops[1]["CropImage"] == {"size": 320}
+    assert ops[2]["NormalizeImage"] == {"scale": 0.00392157, "mean": [0.485, 0.456, 0.406],
+                                        "std": [0.229, 0.224, 0.225], "order": ""}
+    assert data["PostProcess"] == {"name": "Topk", "topk": 5}  # only keys PaddleClas's Topk takes
+    assert data["Global"] == {"inference_model_dir": ".", "model_name": "resnet50_acnet", "class_num": 1000,
+                              "image_shape": [3, 320, 320]}
+    config = read_inference_config(artifacts)
+    assert config == DeployConfig(default_preprocess(320), 1000, "resnet50_acnet", 5)
+
+
+def test_dense_output_has_no_postprocess_and_few_classes_cap_topk(tmp_path) -> None:
+    text = render(DeployConfig(default_preprocess(32), None))
+    assert "PostProcess" not in text and "class_num" not in text
+    assert "topk: 3" in render(DeployConfig(default_preprocess(32), 3))
+    custom = Preprocess(resize_short=40, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 0.125), interpolation="bicubic")
+    assert parse_inference_config(render(DeployConfig(custom, 10))).preprocess == custom
+
+
+def test_no_config_is_none(tmp_path) -> None:
+    assert read_inference_config(Artifacts(tmp_path)) is None
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("Global:\n  a: 1\n", "PreProcess.transform_ops is missing"),
+    ("PreProcess:\n  transform_ops:\n    - RandCropImage:\n        size: 3\n", "RandCropImage is not supported"),
+    ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        size: 3\n    - CropImage:\n        size: 2\n"
+     "    - NormalizeImage:\n", "must give resize_short"),
+    ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        resize_short: 256\n    - CropImage:\n        size: -2\n"
+     "    - NormalizeImage:\n", "CropImage.size must be a positive integer"),
+    ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        resize_short: 256\n    - CropImage:\n        size: 224\n"
+     "    - NormalizeImage:\n        order: chw\n", "order chw"),
+    ("PreProcess:\n\ttransform_ops: []\n", "line 2: indentation with a tab"),
+    ("a: &anchor 1\n", "line 1: &anchor 1: only plain block-style YAML"),
+    ("a: 1\na: 2\n", "line 2: duplicate key a"),
+    ("a: 'open\n", "line 1: unterminated string"),
+    ("a:\n  b: 1\n    c: 2\n", "line 3: unexpected indentation"),
+])
+def test_what_is_not_understood_is_refused_naming_the_line(text: str, needle: str) -> None:
+    with pytest.raises(ConvertError, match=needle):
+        parse_inference_config(text, "OUT/inference.yml")
+
+
+def test_scale_as_paddleclas_expression() -> None:
+    text = PADDLECLAS.replace("scale: 0.00392157", "scale: '1.0/255.0'")
+    assert parse_inference_config(text).preprocess.scale == pytest.approx(1 / 255)
