@@ -104,7 +104,7 @@ def fuse(
     onnx: bool = False,
     force: bool = False,
     allow_nonfinite: bool = False,
-    paddle_format: str = "pir",
+    paddle_format: str = "both",
     dynamic_size: bool = False,
     reference_layout: bool = False,
     track: Callable[[list[Group], str], Iterable[Group]] | None = None,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from acnet_convert.handlers import Registry
 from acnet_convert.graph import Node
 from acnet_convert.text import printable
 
@@ -24,19 +25,13 @@ VAR_TYPES = {"bool": 0, "int16": 1, "int32": 2, "int64": 3, "float16": 4, "float
 CONSTANT_OPS = ("full", "full_int_array", "assign_value")
 
 Handler = Callable[["LegacyBuilder", Node], None]
-HANDLERS: dict[str, Handler] = {}
-
-def handles(*ops: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        for op in ops:
-            HANDLERS[op] = fn
-        return fn
-
-    return register
+REGISTRY: Registry[Handler] = Registry()
+HANDLERS = REGISTRY.handlers
+handles = REGISTRY.handles
 
 
 def supported_ops() -> list[str]:
-    return sorted(set(HANDLERS) | set(CONSTANT_OPS))
+    return REGISTRY.supported(CONSTANT_OPS)
 
 
 def _same_name_unary(legacy: str, **renamed: str) -> Handler:

@@ -20,6 +20,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from acnet_convert.errors import ConvertError
+from acnet_convert.handlers import Registry
 from acnet_convert.graph import Input, Node
 from acnet_convert.text import printable
 
@@ -27,20 +28,13 @@ if TYPE_CHECKING:
     from acnet_convert.onnx_writer import OnnxBuilder
 
 Handler = Callable[["OnnxBuilder", Node], None]
-HANDLERS: dict[str, Handler] = {}
-
-
-def handles(*ops: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        for op in ops:
-            HANDLERS[op] = fn
-        return fn
-
-    return register
+REGISTRY: Registry[Handler] = Registry()
+HANDLERS = REGISTRY.handlers
+handles = REGISTRY.handles
 
 
 def supported_ops() -> list[str]:
-    return sorted(HANDLERS)
+    return REGISTRY.supported()
 
 
 NO_HANDLER = "op '{op}' has no ONNX translation"
@@ -202,12 +196,16 @@ def cast(ctx: OnnxBuilder, node: Node) -> None:
 
 @handles("shape", "shape64")
 def shape(ctx: OnnxBuilder, node: Node) -> None:
-    dims = ctx.op("Shape", [ctx.tensor(node.inputs[0])])
+    _int64_result(ctx, node, ctx.op("Shape", [ctx.tensor(node.inputs[0])]))
+
+
+def _int64_result(ctx: OnnxBuilder, node: Node, value: str) -> None:
+    """ONNX makes this int64; the graph's tensor may want another integer type."""
     want = ctx.dtype(node.output)
     if want == TensorProto.INT64:
-        ctx.alias(node.output, dims)
+        ctx.alias(node.output, value)
     else:
-        ctx.op("Cast", [dims], [ctx.output(node)], to=want)
+        ctx.op("Cast", [value], [ctx.output(node)], to=want)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -662,12 +660,7 @@ def argmax(ctx: OnnxBuilder, node: Node) -> None:
     if node.attrs.get("flatten", False):
         x, axis = ctx.op("Reshape", [x, ctx.ints([-1], "flat")]), 0
     keepdims = int(bool(node.attrs.get("keepdims", False)))
-    index = ctx.op("ArgMax" if node.op == "argmax" else "ArgMin", [x], axis=axis, keepdims=keepdims)
-    want = ctx.dtype(node.output)
-    if want == TensorProto.INT64:
-        ctx.alias(node.output, index)
-    else:
-        ctx.op("Cast", [index], [ctx.output(node)], to=want)
+    _int64_result(ctx, node, ctx.op("ArgMax" if node.op == "argmax" else "ArgMin", [x], axis=axis, keepdims=keepdims))
 
 
 # ----------------------------------------------------------------------------------------------

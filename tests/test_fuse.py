@@ -59,7 +59,8 @@ def test_deploy_program_has_no_batch_norm_and_dynamic_batch(fused, images) -> No
 
 def test_outputs_and_manifest(fused, checkpoints) -> None:
     out = fused(18, "vars")
-    assert sorted(p.name for p in out.iterdir()) == ["deploy.pdparams", "inference.json", "inference.pdiparams", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "deploy.pdparams", "inference.json", "inference.pdiparams", "inference.pdmodel", "inference.yml", "manifest.json"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["arch"] == "resnet18" and manifest["num_classes"] == NUM_CLASSES
     assert manifest["input_size"] == TEST_INPUT

@@ -31,7 +31,7 @@ PAIR_KEYS = {"a", "b", "max_abs_error", "max_rel_error", "tolerance_ratio", "cos
              "top1_differs", "top1_differs_names", "atol", "rtol", "fp16", "elementwise_pass", "pass"}
 REPORT_KEYS = {
     "ok", "device", "onnx_providers", "notes", "arch", "num_classes", "input_size", "images", "inputs", "atol",
-    "rtol", "source", "graphs", "pairs", "per_layer", "deploy_weights_consistent", "mismatched_tensors", "image_set",
+    "rtol", "noise_floor", "source", "graphs", "pairs", "per_layer", "deploy_weights_consistent", "mismatched_tensors", "image_set",
 }
 LAYER_KEYS = {"name", "output", "max_abs_error", "scale", "tolerance_ratio", "pass", "why"}
 PERTURBED_LAYER = "res3a_branch2b"  # an ACB in the middle of ResNet-18
