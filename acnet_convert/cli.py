@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from acnet_convert import __version__, quiet, signals, staging
-from acnet_convert.artifacts import Artifacts
+from acnet_convert import __version__, destination, quiet, signals, staging
+from acnet_convert.artifacts import ONNX_MODEL, Artifacts
 from acnet_convert.text import one_line, printable, printable_lines
 from acnet_convert.errors import ConvertError
 
@@ -223,7 +223,7 @@ def _check_verify_budget(input_size: int, batch_size: int, batches: int, from_fi
 
 def _fuse_output_files(out_dir: Path) -> list[Path]:
     """The files of OUT that export-onnx and verify read (and must not overwrite)."""
-    return [out_dir / name for name in sorted(staging.fuse_file_names() - {staging.artifacts.ONNX_MODEL})]
+    return [out_dir / name for name in sorted(destination.fuse_file_names() - {ONNX_MODEL})]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -312,8 +312,8 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
 def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **options: Any) -> None:
     """Write an ONNX model of the deploy model in OUT (made by `fuse`)."""
     manifest = Artifacts(out_dir).read_manifest()
-    target = out_dir / staging.artifacts.ONNX_MODEL if output is None else output
-    staging.check_file_destination(target, force, [*_fuse_output_files(out_dir), Path(manifest.source.path)],
+    target = out_dir / ONNX_MODEL if output is None else output
+    destination.check_file_destination(target, force, [*_fuse_output_files(out_dir), Path(manifest.source.path)],
                                    what="-o" if output is not None else "output")
     from acnet_convert.export import export_onnx as run_export
 
@@ -383,15 +383,15 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
     to_file = json_path is not None and str(json_path) != "-"
     if to_file:  # before the run, not after it
         read = [options[k] for k in ("source", "ckpt", "onnx", "inputs", "labels")] + [Path(manifest.source.path)]
-        staging.check_file_destination(json_path, False, read, what="--json",
-                                       replaceable=staging.verify_report, force_flag=None)
+        destination.check_file_destination(json_path, False, read, what="--json",
+                                       replaceable=destination.verify_report, force_flag=None)
     report = run_verify(out_dir, note=ui.note, track=ui.progress, **options)
     if json_path is not None:
         text = json.dumps(report.to_json(), indent=2)
         if not to_file:
             click.echo(text)
         else:
-            staging.write_file(json_path, (text + "\n").encode(), replace=True, what="--json", check=staging.verify_report)
+            staging.write_file(json_path, (text + "\n").encode(), replace=True, what="--json", check=destination.verify_report)
     if str(json_path) != "-":
         ui.result(report.format_table())
     return 0 if report.ok else 1

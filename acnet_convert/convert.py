@@ -12,7 +12,8 @@ from acnet_convert.artifacts import Artifacts, InputRecord, Manifest, SourceReco
 from acnet_convert.describe import graph_totals
 from acnet_convert.errors import ConvertError
 from acnet_convert.graph import Graph
-from acnet_convert.staging import check_destination, staged_dir
+from acnet_convert.destination import check_destination
+from acnet_convert.staging import staged_dir
 from acnet_convert.patterns import Declined, Group, find_groups
 from acnet_convert.quiet import import_paddle
 from acnet_convert.reparam import FusedConv, deploy_graph, fuse_graph
