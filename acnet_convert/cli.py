@@ -226,6 +226,12 @@ def _fuse_output_files(out_dir: Path) -> list[Path]:
     return [out_dir / name for name in sorted(destination.fuse_file_names() - {ONNX_MODEL})]
 
 
+def _source_files(manifest: Any) -> list[Path]:
+    """The source fuse read (never overwritten): for a program, its parameters beside it too."""
+    path = Path(manifest.source.path)
+    return [path, path.with_suffix(".pdiparams")] if manifest.source.kind == "program" else [path]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show the tool, Paddle, ONNX and ONNX Runtime versions and exit.")
@@ -313,7 +319,7 @@ def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **o
     """Write an ONNX model of the deploy model in OUT (made by `fuse`)."""
     manifest = Artifacts(out_dir).read_manifest()
     target = out_dir / ONNX_MODEL if output is None else output
-    destination.check_file_destination(target, force, [*_fuse_output_files(out_dir), Path(manifest.source.path)],
+    destination.check_file_destination(target, force, [*_fuse_output_files(out_dir), *_source_files(manifest)],
                                    what="-o" if output is not None else "output")
     from acnet_convert.export import export_onnx as run_export
 
@@ -382,7 +388,7 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
     _check_verify_budget(options["crop"] or manifest.input_size, options["batch_size"], options["batches"], streamed)
     to_file = json_path is not None and str(json_path) != "-"
     if to_file:  # before the run, not after it
-        read = [options[k] for k in ("source", "ckpt", "onnx", "inputs", "labels")] + [Path(manifest.source.path)]
+        read = [options[k] for k in ("source", "ckpt", "onnx", "inputs", "labels")] + _source_files(manifest)
         destination.check_file_destination(json_path, False, read, what="--json",
                                        replaceable=destination.verify_report, force_flag=None)
     report = run_verify(out_dir, note=ui.note, track=ui.progress, **options)

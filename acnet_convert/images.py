@@ -23,6 +23,7 @@ resampling differs in the last bits of the pixels), the centre crop at ((w - c) 
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 
 from acnet_convert.deploy_config import Preprocess
 from acnet_convert.errors import ConvertError
+from acnet_convert.regular_file import kind_of
 from acnet_convert.text import one_line, printable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -74,7 +76,7 @@ def read_labels(path: Path) -> dict[str, int]:
         raise ConvertError(f"--labels {printable(path)} is too large to be a label list")
     labels: dict[str, int] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the first name
     except UnicodeDecodeError:
         raise ConvertError(f"--labels {printable(path)} is not UTF-8 text") from None
     for number, line in enumerate(text.splitlines(), 1):
@@ -144,11 +146,18 @@ def load_image(path: Path, preprocess: Preprocess) -> np.ndarray:
     import_paddle()
     import paddle.vision.transforms.functional as F
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened).convert("RGB")
+    # opened without blocking and checked before Pillow reads it: a FIFO named like an image
+    # would block the run forever (links are followed: image folders are often links)
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)), "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{kind_of(mode)}, not an image file")
+        os.set_blocking(f.fileno(), True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(f) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened).convert("RGB")
     w, h = image.size
     percent = preprocess.resize_short / min(w, h)
     size = (int(round(h * percent)), int(round(w * percent)))  # (h, w)

@@ -128,6 +128,9 @@ def _batch_norm(b: LegacyBuilder, node: Node) -> None:
     # statistics in place (MeanOut is Mean), and saved statistics nobody reads
     a = node.attrs
     mean, variance = b.input(1), b.input(2)
+    for index, var in ((1, mean), (2, variance)):  # is_test: MeanOut/VarianceOut are Mean/Variance,
+        if index < len(node.outputs):  # unchanged; a BN layer called twice reads them (legacy sources)
+            b.names[node.outputs[index]] = var
     inputs = {"X": [b.input(0)], "Mean": [mean], "Variance": [variance], "Scale": b.optional(3), "Bias": b.optional(4)}
     outputs = {"Y": [b.output(0)], "MeanOut": [mean], "VarianceOut": [variance],
                "SavedMean": [b.temp(f"{node.output}.saved_mean")], "SavedVariance": [b.temp(f"{node.output}.saved_variance")]}

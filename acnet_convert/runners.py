@@ -80,6 +80,25 @@ BN_FOLDING_PASSES = (
 CRASHING_PASSES = {"leaky_relu": ("conv_activation_onednn_fuse_pass",)}
 
 
+# oneDNN's batch_norm kernel (Paddle 3.3.1) dereferences an absent scale or bias
+# (`BatchNorm2D(C, weight_attr=False, bias_attr=False)`): SIGSEGV. `op_names` adds this marker for
+# such a program, which then runs with Paddle's plain CPU kernels.
+BN_WITHOUT_AFFINE = "batch_norm without scale or bias"
+
+
+def op_names(ops: Any) -> frozenset[str]:
+    """The names of a loaded PIR program's ops, and BN_WITHOUT_AFFINE when a batch_norm lacks its
+    scale or bias operand."""
+    names = set()
+    for op in ops:
+        name = op.name()
+        names.add(name)
+        if name.split(".", 1)[-1].rstrip("_") == "batch_norm" and any(
+                not op.operand_source(i).initialized() for i in (3, 4) if i < op.num_operands()):
+            names.add(BN_WITHOUT_AFFINE)
+    return frozenset(names)
+
+
 def passes_to_avoid(ops: Any) -> tuple[str, ...]:
     """The CRASHING_PASSES for a program with these op names (`pd_op.leaky_relu_` or `leaky_relu`)."""
     short = {str(op).split(".", 1)[-1].rstrip("_") for op in ops}
@@ -126,15 +145,19 @@ def paddle_predictor(name: str, program: Path, params: Path, device: Device, *, 
     PaddlePaddle/Paddle#79749) the first batch fails, and the model is run without it, with a note."""
     import_paddle()
     avoid = passes_to_avoid(ops)
+    onednn = BN_WITHOUT_AFFINE not in set(ops)
     try:
-        predictor = _predictor(program, params, device, as_written, onednn=True, avoid=avoid)
+        predictor = _predictor(program, params, device, as_written, onednn=onednn, avoid=avoid)
     except Exception as err:  # noqa: BLE001 - Paddle raises many types for a bad model
         raise ConvertError(f"{printable(program)} cannot be loaded by paddle.inference: {one_line(err)}") from None
     inputs = predictor.get_input_names()
     if len(inputs) != 1:
         raise ConvertError(f"{printable(program)} has {len(inputs)} inputs; verify feeds models with one input")
-    state = {"predictor": predictor, "proven": device.paddle_gpu}
+    state = {"predictor": predictor, "proven": device.paddle_gpu or not onednn}
     runner = Runner(name, Path(program), lambda batch: [])
+    if not onednn and not device.paddle_gpu:
+        runner.notes.append(f"{name}: oneDNN crashes on a {BN_WITHOUT_AFFINE} (Paddle 3.3): ran it with Paddle's "
+                            "plain CPU kernels; deploy it with oneDNN off")
     if avoid:
         runner.notes.append(f"{name}: Paddle's {', '.join(avoid)} crashes on this model's ops (also on the "
                             "source model, in Paddle 3.3): ran without it; deploy with it deleted or oneDNN off")

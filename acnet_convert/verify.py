@@ -36,7 +36,8 @@ from acnet_convert.deploy_config import Preprocess, default_preprocess, read_inf
 from acnet_convert.device import resolve_device
 from acnet_convert.errors import ConvertError
 from acnet_convert.feeds import ImageFeed, MemoryFeed, RandomBatches, Track, load_inputs
-from acnet_convert.runners import Runner, onnx_session, paddle_predictor, release_memory, train_files, train_runner
+from acnet_convert.runners import (Runner, onnx_session, op_names, paddle_predictor, release_memory, train_files,
+                                   train_runner)
 from acnet_convert.text import printable
 from acnet_convert.verify_report import PairStats, SourceInfo, VerifyReport, noise_floor, widened_rtol
 
@@ -108,7 +109,7 @@ def check_deploy_weights(models: list[DeployModel], artifacts: Artifacts, keep: 
     geometry = None
     for i, model in enumerate(models):
         loaded = load_program(model.program, model.params)
-        model.ops = frozenset(op.name() for op in loaded.ops)
+        model.ops = op_names(loaded.ops)
         seen = set()
         for name, value in _loaded_parameters(loaded):
             seen.add(name)
@@ -294,7 +295,7 @@ def verify(
             train, info = open_train_source(manifest, artifacts, source if source is not None else ckpt, shape[1],
                                             log.say)
             files = train_files(train, Path(tmp))
-            train_ops = frozenset(op.name() for op in train.program.ops)
+            train_ops = op_names(train.program.ops)
         layers = None
         if per_layer:
             first = feed.first()

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from acnet_convert.cli import cli
+from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 from tests.conftest import TEST_INPUT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +170,19 @@ def test_export_onnx_does_not_replace_a_file_without_force(fused, tmp_path: Path
     assert (out / "deploy.pdparams").read_bytes() == weights
     one_error(run("export-onnx", out, "-o", tmp_path, "--force"), "is a folder")
 
+
+
+def test_export_onnx_never_replaces_the_source_programs_parameters(cnn_models, tmp_path: Path) -> None:  # noqa: F811
+    """The source is the program and its .pdiparams: `-o` either, even with --force, is refused
+    (the .pdiparams was replaced by the ONNX file)."""
+    source = Path(shutil.copytree(cnn_models("repvgg").parent, tmp_path / "model")) / "inference"
+    out = tmp_path / "out"
+    assert run("fuse", source, out).exit_code == 0
+    params = source.with_suffix(".pdiparams")
+    before = params.read_bytes()
+    for target in (source.with_suffix(".json"), params):
+        one_error(run("export-onnx", out, "-o", target, "--force"), "is the input")
+    assert params.read_bytes() == before
 
 def test_json_report_path_is_checked_before_the_run(fused, checkpoints, tmp_path: Path, monkeypatch) -> None:
     # old: an unwritable --json was found after the whole run (exit 4); --json could overwrite

@@ -77,6 +77,13 @@ def test_flat_folder_is_unlabelled_unless_a_label_file_says(tmp_path) -> None:
         images.check_labels(10)
 
 
+
+def test_a_label_file_with_a_byte_order_mark_labels_its_first_image(tmp_path) -> None:
+    """Notepad's UTF-8 starts with a BOM; it is not part of the first image's name."""
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("a.jpg 1\nb.jpg 2\n".encode("utf-8-sig"))
+    assert read_labels(labels) == {"a.jpg": 1, "b.jpg": 2}
+
 @pytest.mark.parametrize("text,needle", [
     ("a.jpg\n", "line 1: expected 'name index'"),
     ("a.jpg x\n", "line 1"),
@@ -164,6 +171,22 @@ def test_corrupt_images_are_skipped_and_named(tmp_path) -> None:
     assert all(why for _, why in skipped)
 
 
+
+def test_a_fifo_named_like_an_image_is_skipped_not_waited_for(tmp_path) -> None:
+    """Opening a FIFO blocks until a writer comes: it must be skipped, not hang the run. A link
+    to a real image is still read."""
+    import os
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / "good.png")
+    os.mkfifo(root / "fifo.jpg")
+    os.symlink("good.png", root / "link.png")
+    skipped: list[tuple[str, str]] = []
+    batches = Batches(ImageSet.open(root), default_preprocess(32), 4, lambda n, why: skipped.append((n, why)))
+    assert [b.names for b in batches] == [["good.png", "link.png"]]
+    assert [n for n, _ in skipped] == ["fifo.jpg"] and "FIFO" in skipped[0][1]
+
 def test_batches_are_decoded_lazily(tmp_path, monkeypatch) -> None:
     image_folder(tmp_path / "imgs", classes=2, per_class=5)
     decoded: list[str] = []
@@ -219,11 +242,12 @@ def test_verify_images_reports_accuracy_and_skips_corrupt_files(out18_images, tm
     assert s["skipped_files"][0]["name"] == "class_2/broken.jpg" and s["skipped_files"][0]["error"]
     assert s["preprocess"]["from"] == "inference.yml" and s["preprocess"]["crop"] == TEST_INPUT
     accuracy = s["accuracy"]
-    assert set(accuracy) == {"train", "paddle-deploy", "onnx"}
+    assert set(accuracy) == {"train", "paddle-deploy", "paddle-legacy", "onnx"}  # fuse writes both formats
     assert len({(a["top1"], a["top5"]) for a in accuracy.values()}) == 1  # the same images right in every graph
     assert all(p["top1_differs"] == 0 and p["top1_differs_names"] == [] for p in report["pairs"])
     assert any("skipped 1 unreadable image(s): class_2/broken.jpg" in n for n in report["notes"])
     assert "accuracy train" in result.stdout and "1 skipped" in result.stdout
+    assert ": 9 images of 64x64 on the" in result.stdout and "images images" not in result.stdout
 
 
 def test_verify_images_with_labels_and_flag_overrides(out18_images, tmp_path) -> None:
@@ -243,7 +267,7 @@ def test_verify_images_with_labels_and_flag_overrides(out18_images, tmp_path) ->
     s = report.image_set
     assert s.labelled == 4 and s.preprocess.resize_short == 80 and s.preprocess.mean == (0.5, 0.5, 0.5)
     assert s.preprocess.origin == "inference.yml + --resize-short, --mean, --std"
-    assert set(report.to_json()["image_set"]["accuracy"]) == {"train", "paddle-deploy", "onnx"}
+    assert set(report.to_json()["image_set"]["accuracy"]) == {"train", "paddle-deploy", "paddle-legacy", "onnx"}
 
 
 def test_verify_images_refuses_a_crop_the_model_cannot_take(out18_images, tmp_path) -> None:

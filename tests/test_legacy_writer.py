@@ -172,3 +172,26 @@ def test_every_fixture_cnn_has_a_legacy_model_equal_to_its_pir_model(cnn_models,
     assert legacy.shape == pir.shape
     assert np.abs(legacy - pir).max() <= 1e-5 * max(1.0, float(np.abs(pir).max()))
     assert legacy_names == pir_names
+
+
+def test_a_batch_norm_reading_another_batch_norms_running_statistics_is_written() -> None:
+    """A legacy source that calls one BN layer twice: Paddle's translation to PIR makes the second
+    batch_norm read the first one's in-place MeanOut/VarianceOut (its outputs 1 and 2). In the
+    legacy program those are the running statistics themselves."""
+    bn = {"epsilon": 1e-5, "momentum": 0.9, "data_format": "NCHW", "is_test": True}
+    outs = [("y1", "y1.mean", "y1.var", "y1.sm", "y1.sv", "y1.r"), ("y2", "y2.mean", "y2.var", "y2.sm", "y2.sv", "y2.r")]
+    graph = Graph(
+        nodes=[
+            Node("batch_norm", ("image", "m", "v", "s", "b"), outs[0], bn),
+            Node("batch_norm", ("image", "y1.mean", "y1.var", "s", "b"), outs[1], bn),
+            Node("add", ("y1", "y2"), ("z",)),
+        ],
+        inputs=["image"], outputs=["z"],
+        tensors={"image": TensorInfo((-1, 4, 8, 8), "float32")},
+        weights={k: np.ones(4, np.float32) for k in "mvsb"},
+        output_names=["out"],
+    )
+    program = legacy_writer.translate(graph)
+    second = program.ops[1]
+    assert second.inputs["Mean"] == ["m"] and second.inputs["Variance"] == ["v"]
+    legacy_writer.build_program_bytes(program, graph)  # Paddle accepts every op

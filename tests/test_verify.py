@@ -178,7 +178,9 @@ def test_perturbed_bias_in_inference_model_is_named_by_per_layer(copy18, tmp_pat
     assert failing == [PERTURBED_LAYER]  # each group is judged on the train graph's own input
     assert report["mismatched_tensors"] == [PERTURBED_BIAS]  # deploy.pdparams still has the old one
     pairs = {(p["a"], p["b"]): p["pass"] for p in report["pairs"]}
-    assert pairs == {("train", "paddle-deploy"): False, ("train", "onnx"): True, ("paddle-deploy", "onnx"): False}
+    assert pairs == {("train", "paddle-deploy"): False, ("train", "paddle-legacy"): False, ("train", "onnx"): True,
+                     ("paddle-deploy", "paddle-legacy"): True,  # both read the edited inference.pdiparams
+                     ("paddle-deploy", "onnx"): False, ("paddle-legacy", "onnx"): False}
     assert f"first divergent group {PERTURBED_LAYER}" in result.stdout and "MISMATCH" in result.stdout
 
 
@@ -337,7 +339,7 @@ def test_onnx_written_elsewhere_static_batch_dynamic_size_and_fp16(copy18, tmp_p
     export_onnx(artifacts, output=half, fp16=True)
     report = verify(copy18, onnx=half, batch_size=4, batches=1)
     fp16 = [p for p in report.pairs if p.fp16]
-    assert [(p.a, p.b) for p in fp16] == [("train", "onnx"), ("paddle-deploy", "onnx")]
+    assert [(p.a, p.b) for p in fp16] == [("train", "onnx"), ("paddle-deploy", "onnx"), ("paddle-legacy", "onnx")]
     assert all(p.rtol == verify_report.FP16_RTOL and p.top1_agreement is not None for p in fp16)
     assert report.ok, report.format_table()
     assert "fp16: atol" in report.format_table()
@@ -383,3 +385,41 @@ def test_train_graph_keeps_every_batchnorm(out18, tmp_path) -> None:
     plain = predictor_config(program, params, cpu, as_written=False)
     plain.switch_ir_optim(False)  # what "graph passes off" alone gives
     assert optimised_batch_norms(plain, tmp_path / "plain") == 0
+
+
+def test_batch_norm_without_scale_and_bias_is_verified_not_a_crash(tmp_path) -> None:
+    """`BatchNorm2D(C, weight_attr=False, bias_attr=False)`: Paddle 3.3.1's oneDNN batch_norm kernel
+    segfaults on it, in the train graph and in a deploy graph that keeps one (after a relu). verify
+    runs such programs with Paddle's plain CPU kernels and says so. (A child process: before this
+    was handled, the crash took the interpreter with it.)"""
+    import subprocess
+    import sys
+
+    import paddle
+    from paddle import nn
+
+    class Net(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2D(3, 4, 3, padding=1, bias_attr=False)
+            self.bn1 = nn.BatchNorm2D(4, weight_attr=False, bias_attr=False)
+            self.bn2 = nn.BatchNorm2D(4, weight_attr=False, bias_attr=False)
+            self.fc = nn.Linear(4 * 8 * 8, 5)
+
+        def forward(self, image):
+            return self.fc(paddle.flatten(self.bn2(paddle.nn.functional.relu(self.bn1(self.conv(image)))), 1))
+
+    paddle.seed(0)
+    net = Net()
+    for bn in (net.bn1, net.bn2):
+        bn._mean.set_value(np.full(4, 0.3, np.float32))
+        bn._variance.set_value(np.full(4, 1.7, np.float32))
+    net.eval()
+    prefix = tmp_path / "model" / "inference"
+    paddle.jit.save(net, str(prefix), input_spec=[paddle.static.InputSpec([None, 3, 8, 8], "float32", "image")])
+    out = tmp_path / "out"
+    fuse(prefix, out, paddle_format="both")
+    proc = subprocess.run([sys.executable, "-m", "acnet_convert", "verify", str(out), *FAST], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MATCH" in proc.stdout and "batch_norm without scale or bias" in proc.stdout + proc.stderr
