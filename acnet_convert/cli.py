@@ -261,9 +261,10 @@ def cli(ctx: click.Context, verbose: bool, quiet_mode: bool) -> None:
               help="Height and width of the deploy model's input.")
 @click.option("--onnx", "with_onnx", is_flag=True, help="Also write OUT/model.onnx.")
 @click.option("--dynamic-size", is_flag=True, help="With --onnx: height and width symbolic (any input size).")
-@click.option("--paddle-format", type=click.Choice(["pir", "legacy", "both"]), default="both", show_default=True,
+@click.option("--paddle-format", type=click.Choice(["auto", "pir", "legacy", "both"]), default="auto", show_default=True,
               help="Paddle deploy model: PIR inference.json, legacy inference.pdmodel (OpenVINO, Paddle Lite, "
-                   "Paddle 2.x), or both; they share inference.pdiparams.")
+                   "Paddle 2.x), or both (they share inference.pdiparams); auto: both when every op has a legacy "
+                   "form, else PIR with a warning.")
 @click.option("--reference-layout", is_flag=True,
               help="ResNet-ACNet: also write OUT/persistables/, the per-variable files the reference "
                    "resnet_acnet.py deploy program loads.")

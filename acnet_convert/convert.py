@@ -20,7 +20,7 @@ from acnet_convert.reparam import FusedConv, deploy_graph, fuse_graph
 from acnet_convert.source import Source, open_source
 from acnet_convert.text import printable
 
-PADDLE_FORMATS = ("pir", "legacy", "both")
+PADDLE_FORMATS = ("auto", "pir", "legacy", "both")
 
 
 @dataclass
@@ -95,6 +95,27 @@ def _write_inference_config(artifacts: Artifacts, source: Source, input_size: in
     write_inference_config(artifacts, input_size=size, num_classes=classes, model_name=name)
 
 
+def _fixed_size(graph: Graph) -> int | None:
+    """H of a program whose one [N, C, H, W] input has a fixed square size, else None."""
+    shape = graph.tensors[graph.inputs[0]].shape if len(graph.inputs) == 1 and graph.inputs[0] in graph.tensors else ()
+    return shape[2] if len(shape) == 4 and shape[2] > 0 and shape[2] == shape[3] else None
+
+
+def _formats(paddle_format: str, deploy: Graph, warn: Callable[[str], None]) -> list[str]:
+    """The Paddle formats to write. `auto`: both, unless an op has no legacy form (then PIR,
+    with a warning; asking for `both` or `legacy` makes that an error)."""
+    if paddle_format != "auto":
+        return ["pir", "legacy"] if paddle_format == "both" else [paddle_format]
+    from acnet_convert.legacy_writer import translate  # pure Python: checking costs no Paddle time
+
+    try:
+        translate(deploy)
+    except ConvertError as err:
+        warn(f"no legacy inference.pdmodel: {err}; the PIR model is written")
+        return ["pir"]
+    return ["pir", "legacy"]
+
+
 def fuse(
     source_path: Path,
     out: Path,
@@ -105,7 +126,7 @@ def fuse(
     onnx: bool = False,
     force: bool = False,
     allow_nonfinite: bool = False,
-    paddle_format: str = "both",
+    paddle_format: str = "auto",
     dynamic_size: bool = False,
     reference_layout: bool = False,
     track: Callable[[list[Group], str], Iterable[Group]] | None = None,
@@ -122,6 +143,9 @@ def fuse(
                          allow_nonfinite=allow_nonfinite)
     warnings += source.warnings
     timings["read"] = time.perf_counter() - start
+    fixed = _fixed_size(source.graph)
+    if fixed is not None:  # a program made for one size: the manifest, ONNX and verify use it
+        input_size = fixed
 
     start = time.perf_counter()
     groups, declined = find_groups(source.graph)
@@ -134,7 +158,7 @@ def fuse(
     timings["fusion"] = time.perf_counter() - start
 
     paddle = import_paddle()
-    formats = ["pir", "legacy"] if paddle_format == "both" else [paddle_format]
+    formats = _formats(paddle_format, deploy, warnings.append)
     manifest = new_manifest(
         paddle_version=paddle.__version__,
         source=SourceRecord(str(source.path.resolve()), source.sha256, source.format, source.kind),
@@ -151,6 +175,10 @@ def fuse(
         totals={"params_train": train_totals["params"], "params_deploy": deploy_totals["params"],
                 "macs_train": train_totals["macs"], "macs_deploy": deploy_totals["macs"]},
     )
+    if reference_layout:  # a usage error before anything is written or announced
+        from acnet_convert.reference_layout import check_reference_source, reference_tensors, write_reference_layout
+
+        plan = check_reference_source(source.plan, str(source_path))
     note(f"writing the deploy model to {printable(out)}")
     start = time.perf_counter()
     from acnet_convert.paddle_writer import apply_fusion, save_program
@@ -158,10 +186,6 @@ def fuse(
     with staged_dir(out, force, [source_path]) as stage:
         artifacts = Artifacts(stage)
         try:
-            if reference_layout:  # a usage error before anything is written
-                from acnet_convert.reference_layout import check_reference_source, reference_tensors, write_reference_layout
-
-                plan = check_reference_source(source.plan, str(source_path))
             apply_fusion(source.program, source.graph, fused)
             save_program(source.program, artifacts.prefix)
             timings["paddle"] = time.perf_counter() - start

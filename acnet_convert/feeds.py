@@ -61,7 +61,8 @@ def random_batches(batch_size: int, batches: int, shape: tuple[int, ...], seed: 
 
 
 def load_inputs(path: Path, shape: tuple[int, ...], batch_size: int) -> list[np.ndarray]:
-    """A float32 [N, C, H, W] .npy file, split into batches."""
+    """A float32 [N, C, H, W] .npy file, split into batches. A dimension of `shape` that is -1
+    (dynamic in the model) takes any size."""
     path = Path(path)
     if path.suffix != ".npy":
         raise ConvertError(f"--inputs {printable(path)}: expected a .npy file (numpy.save of a float32 [N,C,H,W] array)")
@@ -71,8 +72,9 @@ def load_inputs(path: Path, shape: tuple[int, ...], batch_size: int) -> list[np.
         array = np.load(path, mmap_mode="r", allow_pickle=False)  # header checks before reading
     except (ValueError, OSError, EOFError) as err:
         raise ConvertError(f"--inputs {printable(path)} is not a readable .npy file ({err})") from None
-    expected = f"[N, {', '.join(map(str, shape))}]"
-    if array.ndim != 1 + len(shape) or tuple(array.shape[1:]) != tuple(shape) or array.shape[0] < 1:
+    expected = f"[N, {', '.join('any' if d < 1 else str(d) for d in shape)}]"
+    fits = array.ndim == 1 + len(shape) and all(d < 1 or a == d for a, d in zip(array.shape[1:], shape))
+    if not fits or array.shape[0] < 1:
         raise ConvertError(f"--inputs {printable(path)} has shape {list(array.shape)}; the deploy model takes {expected}")
     if array.dtype != np.float32:
         raise ConvertError(f"--inputs {printable(path)} is {array.dtype}; expected float32 {expected} (use .astype(np.float32))")

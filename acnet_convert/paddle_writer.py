@@ -64,6 +64,11 @@ def apply_fusion(source: Program, graph: Graph, fused: list[FusedConv]) -> None:
             )
             _value(source, ops, group.output, made).replace_all_uses_with(y)
             made[group.output] = y
+            for i in group.nodes:  # another BN may read this one's running statistics (the reader
+                if graph.nodes[i].op == "batch_norm":  # took them for its parameters): keep it reading them
+                    bn = ops[graph.nodes[i].origin[0]]
+                    for k in (1, 2):
+                        bn.result(k).replace_all_uses_with(bn.operand_source(k))
             positions = sorted({p for i in group.nodes for p in graph.nodes[i].origin}, reverse=True)
             for position in positions:
                 block.remove_op(ops[position])

@@ -340,6 +340,11 @@ def read_graph(source: Program) -> Graph:
             if info is not None:
                 tensors[name] = info
         attrs = _attrs(op)
+        if short == "batch_norm" and (attrs.get("is_test") or attrs.get("use_global_stats")):
+            # in inference its mean_out / variance_out are its mean / variance: a program that
+            # runs one BN layer twice reads the first call's outputs, so read the parameters
+            names.by_key[(op.id(), 1)] = node_inputs[1]
+            names.by_key[(op.id(), 2)] = node_inputs[2]
         # the combine ops packing this op's vector operands go (and are edited) with it
         packed = tuple(
             combines[(v.get_defining_op().id(), v.index())] for v in op.operands_source()

@@ -230,8 +230,8 @@ def _feed(artifacts: Artifacts, manifest: Manifest, shape: tuple[int, int, int],
           images: Path | None, labels: Path | None, overrides: dict[str, Any], batch_size: int, batches: int,
           seed: int, say: Callable[[str], None]) -> MemoryFeed | ImageFeed:
     if images is None:
-        if inputs is not None:
-            return MemoryFeed("npy", load_inputs(inputs, shape, batch_size))
+        if inputs is not None:  # dynamic dimensions of the model take any size
+            return MemoryFeed("npy", load_inputs(inputs, tuple(manifest.inputs[0].shape[1:]), batch_size))
         return MemoryFeed("random", RandomBatches(batch_size, batches, shape, seed))
     from acnet_convert.images import ImageSet
 
@@ -283,7 +283,10 @@ def verify(
     overrides = {"resize_short": resize_short, "crop": crop, "mean": mean, "std": std}
     feed = _feed(artifacts, manifest, image_shape(manifest), inputs, images, labels, overrides, batch_size, batches,
                  seed, log.say)  # the user's inputs first: their errors come before any heavy work
-    shape = image_shape(manifest) if isinstance(feed, MemoryFeed) else (3, feed.preprocess.crop, feed.preprocess.crop)
+    if isinstance(feed, ImageFeed):
+        shape = (3, feed.preprocess.crop, feed.preprocess.crop)
+    else:
+        shape = tuple(feed.first().shape[1:]) if feed.kind == "npy" else image_shape(manifest)
 
     models = [DeployModel(PADDLE_NAMES[fmt], program, params) for fmt, program, params in artifacts.paddle_models(manifest)]
     with log.timed("deploy weights"):

@@ -19,7 +19,7 @@ from tests.cnn_fixtures import cnn_models, cnn_reference  # noqa: F401 - fixture
 # what each model must fold: branch sums (ACBs, RepVGG, ...) at least this many
 SUMS = {
     "mobilenet_v1_acb": 3, "mobilenet_v2_acb": 3, "vgg_acb": 3, "unet_acb": 5, "se_hardswish_acb": 3,
-    "cropped_acb": 3, "foreign_acb": 4, "repvgg": 5, "mobileone_lcnet": 6,
+    "cropped_acb": 3, "foreign_acb": 4, "repvgg": 5, "mobileone_lcnet": 6, "reused_layer": 2,
     "neg_strides": 1, "neg_misaligned": 1, "neg_shared_bn": 1, "neg_unsupported_op": 2,
 }
 # the negatives hold one sum that must be left as it is, for this reason

@@ -108,7 +108,7 @@ def _documented_commands() -> dict[str, set[str]]:
         elif not line.startswith(" "):
             current = None
         if current:
-            commands[current] |= set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", line.split("#")[0]))
+            commands[current] |= set(re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", line.split("#")[0]))
     return commands
 
 

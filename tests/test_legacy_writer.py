@@ -195,3 +195,17 @@ def test_a_batch_norm_reading_another_batch_norms_running_statistics_is_written(
     second = program.ops[1]
     assert second.inputs["Mean"] == ["m"] and second.inputs["Variance"] == ["v"]
     legacy_writer.build_program_bytes(program, graph)  # Paddle accepts every op
+
+
+def test_auto_format_writes_pir_with_a_warning_when_an_op_has_no_legacy_form() -> None:
+    from acnet_convert.convert import _formats
+
+    graph = Graph(
+        nodes=[Node("argmax", ("image",), ("y",), {"axis": 1, "keepdims": False, "flatten": False, "dtype": "int64"})],
+        inputs=["image"], outputs=["y"], tensors={"image": TensorInfo((-1, 4), "float32")}, weights={},
+    )
+    warnings: list[str] = []
+    assert _formats("auto", graph, warnings.append) == ["pir"]
+    assert len(warnings) == 1 and "argmax" in warnings[0]
+    assert _formats("both", graph, warnings.append) == ["pir", "legacy"]  # the writer then refuses, exit 3
+    assert _formats("auto", Graph([], ["image"], ["image"], {}, {}), warnings.append) == ["pir", "legacy"]

@@ -423,3 +423,33 @@ def test_batch_norm_without_scale_and_bias_is_verified_not_a_crash(tmp_path) -> 
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "MATCH" in proc.stdout and "batch_norm without scale or bias" in proc.stdout + proc.stderr
+
+
+def test_inputs_of_any_size_for_a_model_of_dynamic_size(tmp_path) -> None:
+    """A train model exported with a dynamic H x W takes --inputs of any size; a fixed-size one
+    (the checkpoint fixture) keeps refusing another size (test_inputs_file)."""
+    import paddle
+
+    from acnet_convert.convert import fuse
+
+    class Net(paddle.nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = paddle.nn.Conv2D(3, 4, 3, padding=1, bias_attr=False)
+            self.bn = paddle.nn.BatchNorm2D(4)
+
+        def forward(self, image):
+            return paddle.nn.functional.adaptive_avg_pool2d(self.bn(self.conv(image)), 1).flatten(1)
+
+    paddle.seed(0)
+    net = Net()
+    net.bn._variance.set_value(np.full(4, 2.0, np.float32))
+    net.eval()
+    spec = paddle.static.InputSpec([None, 3, None, None], "float32", "image")
+    paddle.jit.save(net, str(tmp_path / "train" / "inference"), input_spec=[spec])
+    fuse(tmp_path / "train", tmp_path / "out", onnx=True, dynamic_size=True)
+    for size in (17, 40):
+        images = tmp_path / f"images{size}.npy"
+        np.save(images, np.random.default_rng(size).normal(size=(2, 3, size, size)).astype(np.float32))
+        report = verify(tmp_path / "out", inputs=images, batch_size=2)
+        assert report.ok and report.input_size == size, report.format_table()
