@@ -115,7 +115,8 @@ def test_deploy_params_equal_the_fused_weights_on_disk(checkpoints, fused, tmp_p
     shutil.copy(out / "manifest.json", partial)
     result = run(partial)
     assert result.exit_code == 0
-    assert "problems: 3" in result.stdout and "missing inference.pdiparams" in result.stdout
+    assert "problems: 4" in result.stdout and "missing inference.pdiparams" in result.stdout
+    assert "missing inference.pdmodel" in result.stdout  # the manifest says both Paddle formats were written
 
 
 def test_pdparams_checkpoint_reports_the_same_network(checkpoints) -> None:

@@ -123,7 +123,9 @@ def test_an_op_without_translation_is_refused_by_name() -> None:
 def test_untranslatable_op_exits_3_and_writes_nothing(checkpoints, tmp_path, monkeypatch) -> None:
     monkeypatch.delitem(legacy_ops.HANDLERS, "pool2d")
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["fuse", str(checkpoints(18, "vars")), str(out), "--input-size", str(TEST_INPUT)])
+    # asked for explicitly, a legacy model that cannot be written is an error (auto only warns: see below)
+    result = CliRunner().invoke(cli, ["fuse", str(checkpoints(18, "vars")), str(out), "--input-size", str(TEST_INPUT),
+                                      "--paddle-format", "both"])
     assert result.exit_code == 3, result.output
     assert "'pool2d' has no translation to the legacy Paddle format" in result.output
     assert len(result.output.strip().splitlines()[-1]) < 1000 and "Traceback" not in result.output
