@@ -299,9 +299,9 @@ def verify(
                                             log.say)
             files = train_files(train, Path(tmp))
             train_ops = op_names(train.program.ops)
+        first = feed.first()  # an image stream cannot be peeked again once it has run
         layers = None
         if per_layer:
-            first = feed.first()
             if first is None:
                 raise ConvertError("--per-layer: the first batch of images could not be read")
             from acnet_convert.per_layer import compare_groups
@@ -313,7 +313,6 @@ def verify(
         del train, deployed
         release_memory()
         noise = None
-        first = feed.first()
         if first is not None:
             with log.timed("noise floor"):
                 noise = _noise_floor(files, target, train_ops, first)
@@ -341,7 +340,7 @@ def verify(
         images=result.images, inputs=feed.kind, atol=atol, rtol=rtol, source=info,
         graphs=[(name, str(path)) for name, path in result.paths.items()],
         pairs=[s.result() for s in result.stats], mismatched_tensors=mismatched, layers=layers,
-        per_layer_images=0 if layers is None else len(feed.first()), image_set=result.image_set,
+        per_layer_images=0 if layers is None else len(first), image_set=result.image_set,
         onnx_providers=result.providers, notes=log.notes, timings=log.timings, noise_floor=noise,
     )
 

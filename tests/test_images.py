@@ -276,3 +276,22 @@ def test_verify_images_refuses_a_crop_the_model_cannot_take(out18_images, tmp_pa
         verify(out18_images, images=tmp_path / "imgs", crop=96)
     with pytest.raises(ConvertError, match="--labels goes with --images"):
         verify(out18_images, labels=tmp_path / "labels.txt")
+
+
+def test_verify_images_per_layer_checks_the_first_batch(out18_images, tmp_path) -> None:
+    image_folder(tmp_path / "imgs", classes=1, per_class=5)
+    report = verify(out18_images, images=tmp_path / "imgs", batch_size=2, per_layer=True)
+    assert report.ok and report.images == 5
+    assert report.per_layer_images == 2 and report.layers and all(layer.passed for layer in report.layers)
+
+    # the twin: a deploy bias off by 1 is named by the per-layer check on the same images
+    from tests.test_verify import PERTURBED_BIAS, PERTURBED_LAYER, _rewrite_inference_params
+
+    broken = tmp_path / "broken"
+    shutil.copytree(out18_images, broken)
+    bias = Artifacts(broken).load_deploy_weights()[PERTURBED_BIAS].copy()
+    bias[0] += 1.0
+    _rewrite_inference_params(broken, {PERTURBED_BIAS: bias})
+    report = verify(broken, images=tmp_path / "imgs", batch_size=2, per_layer=True)
+    assert not report.ok and report.per_layer_images == 2
+    assert [layer.name for layer in report.layers if not layer.passed] == [PERTURBED_LAYER]
