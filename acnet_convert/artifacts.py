@@ -18,13 +18,14 @@ import os
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Mapping
 
 from acnet_convert import __version__
 from acnet_convert.errors import ConvertError
 from acnet_convert.text import one_line, printable
+
+if TYPE_CHECKING:  # numpy is imported where weights are written: the CLI starts without it
+    import numpy as np
 
 TOOL = "acnet-convert"
 MANIFEST_VERSION = 2
@@ -36,7 +37,7 @@ INFERENCE_CONFIG = "inference.yml"
 PERSISTABLES = "persistables"
 INPUT_NAME = "image"
 PROGRAM_SUFFIXES = {"pir": ".json", "legacy": ".pdmodel"}
-_MAX_MANIFEST_BYTES = 64 << 20
+MAX_MANIFEST_BYTES = 64 << 20
 _MAX_INPUT_SIZE = 8192
 
 
@@ -225,7 +226,7 @@ class Artifacts:
         if not path.is_file():
             raise ConvertError(f"{printable(path)} is missing: {printable(root)} is not an output of '{TOOL} fuse'")
         try:
-            if path.stat().st_size > _MAX_MANIFEST_BYTES:
+            if path.stat().st_size > MAX_MANIFEST_BYTES:
                 raise ConvertError(f"{printable(path)} is too large to be a manifest")
             data = json.loads(path.read_text(encoding="utf-8"))
         except RecursionError:
@@ -236,20 +237,14 @@ class Artifacts:
             raise ConvertError(f"cannot read {printable(path)}: {err.strerror or one_line(err)}") from None
         return Manifest.from_json(data, path)
 
-    def is_fuse_output(self) -> bool:
-        """A folder holding a manifest written by this tool (what --force may replace)."""
-        try:
-            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-            return False
-        return isinstance(data, dict) and data.get("tool") == TOOL
-
     # -- deploy.pdparams ---------------------------------------------------------------------
 
     def write_deploy_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         # A plain pickle of ndarrays: paddle.load reads it, and so does our restricted
         # unpickler. Protocol 5 writes each array's buffer directly; protocol 4 keeps a bytes
         # copy of every array until the dump ends (measured: +100 MiB peak on ResNet-50).
+        import numpy as np
+
         with open(self.deploy_weights, "wb") as f:
             pickle.dump({k: np.ascontiguousarray(v) for k, v in weights.items()}, f, protocol=5)
             f.flush()

@@ -21,9 +21,7 @@ from acnet_convert.errors import ConvertError
 
 EXIT_BAD_INPUT = 3
 EXIT_INTERNAL = 4
-EXIT_INTERRUPTED = signals.EXIT_INTERRUPTED  # 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a filter whose reader went away returns
-EXIT_TERMINATED = signals.EXIT_TERMINATED  # 143
 _LINE = 2000  # characters of one printed line (an error naming a few paths)
 ARCH_CHOICES = ["auto", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -283,11 +281,11 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
     with a bias, and every other conv+BN pair one conv. OUT receives inference.json +
     inference.pdiparams, deploy.pdparams and manifest.json, written atomically.
     """
-    from acnet_convert.convert import fuse as run_fuse
-
     options["onnx"] = options.pop("with_onnx")
     if options.get("dynamic_size") and not options["onnx"]:
         raise click.UsageError("--dynamic-size shapes the ONNX model: use it with --onnx (the Paddle model takes any size)")
+    from acnet_convert.convert import fuse as run_fuse
+
     result = run_fuse(source, track=ui.progress, note=ui.note, **options)
     for warning in result.warnings:
         ui.note(f"warning: {printable(warning, 400)}")
@@ -382,8 +380,6 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
     """Run the train-form model, every Paddle deploy model in OUT (paddle.inference) and
     model.onnx (if present) on the same inputs and check they agree. Exit 0 when they do,
     1 when not."""
-    from acnet_convert.verify import verify as run_verify
-
     manifest = Artifacts(out_dir).read_manifest()
     streamed = options["inputs"] is not None or options["images"] is not None
     _check_verify_budget(options["crop"] or manifest.input_size, options["batch_size"], options["batches"], streamed)
@@ -392,6 +388,8 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
         read = [options[k] for k in ("source", "ckpt", "onnx", "inputs", "labels")] + _source_files(manifest)
         destination.check_file_destination(json_path, False, read, what="--json",
                                        replaceable=destination.verify_report, force_flag=None)
+    from acnet_convert.verify import verify as run_verify
+
     report = run_verify(out_dir, note=ui.note, track=ui.progress, **options)
     if json_path is not None:
         text = json.dumps(report.to_json(), indent=2)

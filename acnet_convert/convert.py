@@ -81,23 +81,28 @@ def declined_rows(graph: Graph, declined: list[Declined]) -> list[dict[str, Any]
 
 def _write_inference_config(artifacts: Artifacts, source: Source, input_size: int) -> None:
     """OUT/inference.yml (PaddleClas's deploy layout) for image models: one [N, 3, H, W] input.
-    A classifier (one [N, C] output) gets its label count; dense outputs get no PostProcess."""
+    A classifier (one [N, C] output) gets its label count; dense outputs get no PostProcess.
+    `input_size` is the program's own where it is fixed (`_fixed_size`)."""
     from acnet_convert.deploy_config import write_inference_config
 
     graph = source.graph
-    shape = graph.tensors[graph.inputs[0]].shape if len(graph.inputs) == 1 and graph.inputs[0] in graph.tensors else ()
+    shape = _single_input_shape(graph)
     if len(shape) != 4 or shape[1] != 3 or (shape[2] > 0 and shape[2] != shape[3]):
         return
-    size = shape[2] if shape[2] > 0 else input_size
     outputs = [graph.tensors.get(name) for name in graph.outputs]
     classes = outputs[0].shape[1] if len(outputs) == 1 and outputs[0] and len(outputs[0].shape) == 2 and outputs[0].shape[1] > 0 else None
     name = source.plan.arch if source.plan else source.path.parent.name or source.path.stem
-    write_inference_config(artifacts, input_size=size, num_classes=classes, model_name=name)
+    write_inference_config(artifacts, input_size=input_size, num_classes=classes, model_name=name)
+
+
+def _single_input_shape(graph: Graph) -> tuple[int, ...]:
+    """The shape of the graph's one input, () when it has several or its shape is unknown."""
+    return graph.tensors[graph.inputs[0]].shape if len(graph.inputs) == 1 and graph.inputs[0] in graph.tensors else ()
 
 
 def _fixed_size(graph: Graph) -> int | None:
     """H of a program whose one [N, C, H, W] input has a fixed square size, else None."""
-    shape = graph.tensors[graph.inputs[0]].shape if len(graph.inputs) == 1 and graph.inputs[0] in graph.tensors else ()
+    shape = _single_input_shape(graph)
     return shape[2] if len(shape) == 4 and shape[2] > 0 and shape[2] == shape[3] else None
 
 

@@ -168,6 +168,7 @@ def describe_checkpoint(path: Path, input_size: int | None = None) -> dict[str, 
 
 
 def describe_program(path: Path, found: tuple[Path, Path], input_size: int | None = None) -> dict[str, Any]:
+    from acnet_convert.convert import declined_rows
     from acnet_convert.patterns import find_groups
     from acnet_convert.program_reader import load_program, read_graph
     from acnet_convert.reparam import deploy_graph, fuse_graph
@@ -190,7 +191,7 @@ def describe_program(path: Path, found: tuple[Path, Path], input_size: int | Non
     return _report(
         path, program.format, size, _group_rows(graph, groups), totals,
         ops={"train": graph.op_counts(), "deploy": deploy.op_counts() if deploy is not None else {}},
-        declined=[{"op": graph.nodes[d.node].where(), "output": d.output, "reason": d.reason} for d in declined],
+        declined=declined_rows(graph, declined),
         problems=problems,
     )
 

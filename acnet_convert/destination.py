@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 
 from acnet_convert import artifacts
 from acnet_convert.errors import ConvertError
+from acnet_convert.regular_file import file_size, open_regular
 from acnet_convert.text import printable
 
-_MAX_MANIFEST_BYTES = 64 << 20
 _MAX_REPORT_BYTES = 64 << 20
 
 
@@ -126,14 +126,10 @@ def fuse_file_names() -> set[str]:
 def _read_small(path: Path, limit: int) -> bytes | None:
     """A regular file's bytes (not through a link, not blocking), or None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        with open_regular(path) as f:
+            return f.read(limit + 1) if file_size(f) <= limit else None
+    except ConvertError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        return f.read(limit + 1)
 
 
 def _json(data: bytes | None) -> object:
@@ -151,7 +147,7 @@ def why_not_replaceable(folder: Path) -> str | None:
         return f"cannot be read ({err.strerror})"
     if not entries:
         return None
-    manifest = _json(_read_small(folder / artifacts.MANIFEST, _MAX_MANIFEST_BYTES))
+    manifest = _json(_read_small(folder / artifacts.MANIFEST, artifacts.MAX_MANIFEST_BYTES))
     if not isinstance(manifest, dict) or manifest.get("tool") != artifacts.TOOL:
         return f"is not an output of {artifacts.TOOL} fuse (no manifest.json of ours)"
     ours = fuse_file_names()

@@ -37,8 +37,6 @@ _SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "ppc64le": 357, "s390x": 347}
 # renameat2 missing from the kernel or libc, or its flags not supported by the file system
 _NO_RENAMEAT2 = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 _LOCK_WAIT = 30.0  # seconds to wait for a lock another run of this tool holds briefly
-_MAX_MANIFEST_BYTES = 64 << 20
-_MAX_REPORT_BYTES = 64 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # ---------------------------------------------------------------------------------------------
@@ -301,33 +299,21 @@ def staged_dir(out: Path, force: bool = False, sources: Iterable[Path | None] = 
         os.close(fd)
 
 
-def temporary_beside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def commit_file(
-    tmp: Path, path: Path, replace: bool = False, what: str = "output",
-    check: Callable[[Path], str | None] = any_regular_file,
-) -> None:
-    """Move the finished file `tmp` to `path` (resolved), never over what `check` refuses, and
-    over an existing file only when `replace`."""
-    dest = Destination(Path(path), resolve(Path(path), what))
-    with signals.deferred():
-        _commit(Path(tmp), dest, replace, what, check)
-
-
 def write_file(path: Path, data: bytes, replace: bool = False, what: str = "output",
                check: Callable[[Path], str | None] = any_regular_file) -> None:
-    """Write `data` to `path` all at once: a temporary file beside it, fsync, `commit_file`."""
-    dest_real = resolve(Path(path), what)
-    tmp = temporary_beside(dest_real)
+    """Write `data` to `path` all at once: a temporary file beside it (resolved), fsync, then
+    moved into place, never over what `check` refuses, and over an existing file only when
+    `replace`."""
+    dest = Destination(Path(path), resolve(Path(path), what))
+    tmp = dest.real.with_name(f".{dest.real.name}.{uuid.uuid4().hex}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        commit_file(tmp, path, replace, what, check)
+        with signals.deferred():
+            _commit(tmp, dest, replace, what, check)
     except BaseException as err:
         with signals.deferred(), contextlib.suppress(OSError):
             os.unlink(tmp)
