@@ -30,7 +30,7 @@ import numpy as np
 
 from acnet_convert.errors import ConvertError
 from acnet_convert.lod_tensor import looks_like_lod_tensor, read_lod_tensor
-from acnet_convert.pickle_reader import load_pickle, read_pickle  # noqa: F401 - load_pickle re-exported for old imports
+from acnet_convert.pickle_reader import read_pickle
 from acnet_convert.regular_file import file_size, kind_of, open_regular
 from acnet_convert.text import one_line, printable
 

@@ -246,7 +246,7 @@ def normalise(obj: Any, shown: str, charge: Callable[[int], None]) -> dict[str, 
             kind = "numpy.dtype" if type(value) is DtypeSpec else type(value).__name__
             raise ConvertError(f"{shown}: tensor '{printable(key)}' is a {kind}, expected a numpy array")
         out[key] = value
-    del obj
+    obj.clear()  # the caller holds it too: emptied, its arrays are freed as they are replaced
     if big is not None:
         _join_big_params(out, big, shown, charge)
     if mapping is not None:

@@ -88,24 +88,21 @@ class _RefusedGlobal(Exception):
     """The pickle names a global outside the allow-list (the message is MODULE.NAME)."""
 
 
-class _OverBudget(Exception):
-    """The pickle builds more than its budget (the message says how much that was)."""
-
-
 class _Truncated(Exception):
     """The pickle asks for more bytes than the file has left."""
 
 
 class _Budget:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.left = BUDGET_FACTOR * size + BUDGET_SLACK
+    def __init__(self, size: int, shown: str) -> None:
+        self.size, self.shown = size, shown
+        self.limit = BUDGET_FACTOR * size + BUDGET_SLACK
+        self.left = self.limit
 
     def charge(self, nbytes: int) -> None:
         self.left -= nbytes
         if self.left < 0:
-            limit = BUDGET_FACTOR * self.size + BUDGET_SLACK
-            raise _OverBudget(f"more than {limit} bytes of objects and data from a {self.size}-byte file")
+            raise ConvertError(f"refusing to load {self.shown}: it builds more than {self.limit} bytes of objects "
+                               f"and data from a {self.size}-byte file")
 
 
 class _BoundedReader:
@@ -151,11 +148,11 @@ class _BoundedReader:
         return data
 
 
-def _charged(op):
-    """A dispatch entry that pays _OP_COST from the budget before it runs."""
+def _charged(op, cost: int = _OP_COST):
+    """A dispatch entry that pays `cost` from the budget before it runs."""
 
     def run(self: _RestrictedUnpickler) -> None:
-        self.budget.charge(_OP_COST)
+        self.budget.charge(cost)
         op(self)
 
     return run
@@ -174,11 +171,11 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
     dispatch = {code: _charged(op) for code, op in pickle._Unpickler.dispatch.items()}  # type: ignore[attr-defined]
 
-    def __init__(self, reader: _BoundedReader, size: int) -> None:
+    def __init__(self, reader: _BoundedReader, size: int, shown: str) -> None:
         super().__init__(reader, encoding="latin1")  # as paddle.load: Python 2 pickles load
         self._reader = reader
         self._size = size
-        self.budget = _Budget(size)
+        self.budget = _Budget(size, shown)
         self._big_strs: dict[int, list[int]] = {}  # id(large str) -> memo indices holding it
         self._dropped = 0  # memo entries deleted (MEMOIZE numbers entries by memo size)
 
@@ -315,14 +312,6 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         self.stack[-1].extend(items)
 
 
-def _surcharged(op, cost: int):
-    def run(self: _RestrictedUnpickler) -> None:
-        self.budget.charge(cost)
-        op(self)
-
-    return run
-
-
 def _with_width_charge(op):
     def run(self: _RestrictedUnpickler) -> None:
         op(self)
@@ -348,7 +337,7 @@ for _op, _method in (
     _D[_op[0]] = _charged(_method)
 for _op in (pickle.EMPTY_DICT, pickle.EMPTY_LIST, pickle.MARK, pickle.LIST, pickle.TUPLE, pickle.TUPLE1,
             pickle.TUPLE2, pickle.TUPLE3):
-    _D[_op[0]] = _surcharged(_D[_op[0]], _CONTAINER_COST)
+    _D[_op[0]] = _charged(pickle._Unpickler.dispatch[_op[0]], _OP_COST + _CONTAINER_COST)  # type: ignore[attr-defined]
 for _op in (pickle.UNICODE, pickle.BINUNICODE, pickle.SHORT_BINUNICODE, pickle.BINUNICODE8):
     _D[_op[0]] = _charged(_with_width_charge(pickle._Unpickler.dispatch[_op[0]]))  # type: ignore[attr-defined]
 for _op, _what in ((pickle.EMPTY_SET, "a set"), (pickle.ADDITEMS, "a set"), (pickle.FROZENSET, "a set"),
@@ -399,7 +388,7 @@ def _unpickle(f: BinaryIO, name: str, hasher: Any = None) -> tuple[Any, _Budget]
     shown = printable(name)
     size = file_size(f)
     reader = _BoundedReader(f, name, size, hasher)
-    unpickler = _RestrictedUnpickler(reader, size)
+    unpickler = _RestrictedUnpickler(reader, size, shown)
     try:
         obj = unpickler.load()
         if reader.remaining:
@@ -412,8 +401,6 @@ def _unpickle(f: BinaryIO, name: str, hasher: Any = None) -> tuple[Any, _Budget]
                            "(only numpy arrays are allowed)") from None
     except Refused as err:
         raise ConvertError(f"refusing to load {shown}: it contains {err} (only numpy arrays are allowed)") from None
-    except _OverBudget as err:
-        raise ConvertError(f"refusing to load {shown}: it builds {err}") from None
     except _Truncated:
         raise ConvertError(f"{shown}: truncated pickle (the file ends early)") from None
     except EOFError:
@@ -441,10 +428,7 @@ def read_pickle(f: BinaryIO, name: str, hasher: Any = None) -> dict[str, np.ndar
     native-endian and C-contiguous; one array stored under several names is one array. `name`
     is used in messages; if `hasher` is given, every byte of the file is fed to it."""
     obj, budget = _unpickle(f, name, hasher)
-    try:
-        return normalise(obj, printable(name), budget.charge)
-    except _OverBudget as err:
-        raise ConvertError(f"refusing to load {printable(name)}: it builds {err}") from None
+    return normalise(obj, printable(name), budget.charge)
 
 
 def load_pickle(path: Path | str, hasher: Any = None) -> dict[str, np.ndarray]:

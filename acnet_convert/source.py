@@ -9,7 +9,7 @@ from pathlib import Path
 from acnet_convert.errors import ConvertError
 from acnet_convert.graph import Graph
 from acnet_convert.plan import Plan
-from acnet_convert.program_reader import PARAMS_SUFFIX, PROGRAM_SUFFIXES, Program, load_program, program_files, read_graph
+from acnet_convert.program_reader import PARAMS_SUFFIX, Program, load_program, program_files, read_graph
 from acnet_convert.text import printable
 
 CHECKPOINT, PROGRAM = "checkpoint", "program"
@@ -42,8 +42,6 @@ def find_program(path: Path) -> tuple[Path, Path] | None:
     """The inference model `path` names, or None for a checkpoint. A folder that holds both an
     inference model and a checkpoint is refused: which one is meant?"""
     path = Path(path)
-    if not path.exists() and not any(Path(f"{path}{s}").is_file() for s in PROGRAM_SUFFIXES):
-        return None
     found = program_files(path)
     if found is None or not path.is_dir():
         return found

@@ -29,7 +29,7 @@ with atheris.instrument_imports(include=["acnet_convert"]):
 
 import numpy as np  # noqa: E402  (not instrumented)
 
-from fuzz.fuzz_lod_tensor import seeds as lod_seeds  # noqa: E402
+from fuzz.fuzz_lod_tensor import seeds as lod_seeds, write_seed_corpus  # noqa: E402
 
 _ROOT = Path(tempfile.mkdtemp(prefix="fuzz-ckpt-"))
 _PER_VARIABLE = _ROOT / "pv"
@@ -91,12 +91,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--seed-corpus":
-        out = Path(sys.argv[2])
-        out.mkdir(parents=True, exist_ok=True)
-        for name, blob in seeds().items():
-            (out / name).write_bytes(blob)
-        print(f"wrote {len(seeds())} seeds to {out}")
+    if write_seed_corpus(seeds):
         return
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 import atheris
 
@@ -59,13 +60,21 @@ def TestOneInput(data: bytes) -> None:
         raise AssertionError(f"array of {arr.nbytes} bytes from {len(data)} input bytes")
 
 
+def write_seed_corpus(make_seeds: Callable[[], dict[str, bytes]]) -> bool:
+    """With `--seed-corpus DIR`: write the seeds into DIR and say so (True); else False."""
+    if len(sys.argv) != 3 or sys.argv[1] != "--seed-corpus":
+        return False
+    out = Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    found = make_seeds()
+    for name, blob in found.items():
+        (out / name).write_bytes(blob)
+    print(f"wrote {len(found)} seeds to {out}")
+    return True
+
+
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--seed-corpus":
-        out = Path(sys.argv[2])
-        out.mkdir(parents=True, exist_ok=True)
-        for name, blob in seeds().items():
-            (out / name).write_bytes(blob)
-        print(f"wrote {len(seeds())} seeds to {out}")
+    if write_seed_corpus(seeds):
         return
     for blob in seeds().values():  # the seeds themselves must parse
         TestOneInput(blob)
