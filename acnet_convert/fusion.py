@@ -4,8 +4,8 @@ Everything is float64; callers cast once, at the end, to the deploy dtype.
 
 Convolution is linear in its kernel, so branches that read the same input with the same
 stride, dilation and groups sum into one conv: fold each branch's BN into its kernel and bias
-(`fold_bn`), place each kernel in the fused one at the tap offset its padding (and any crop of
-its input) implies (`embed_kernel`), and add (`sum_branches`). An identity branch (a bare BN of
+(`fold_bn`), then place each kernel in the fused one at the tap offset its padding (and any
+crop of its input) implies, and add (`sum_branches`). An identity branch (a bare BN of
 the input) is a 1x1 kernel holding 1 at each channel's own input (`identity_kernel`).
 """
 from __future__ import annotations
@@ -54,17 +54,6 @@ def identity_kernel(channels: int, in_per_group: int) -> np.ndarray:
     kernel = np.zeros((channels, in_per_group, 1, 1), np.float64)
     kernel[np.arange(channels), np.arange(channels) % in_per_group, 0, 0] = 1.0
     return kernel
-
-
-def embed_kernel(kernel: np.ndarray, size: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
-    """`kernel` [O, I, kh, kw] placed at tap `offset` inside a zero [O, I, *size] kernel."""
-    k_h, k_w = kernel.shape[2:]
-    (dy, dx), (big_h, big_w) = offset, size
-    if dy < 0 or dx < 0 or dy + k_h > big_h or dx + k_w > big_w:
-        raise ValueError(f"a {k_h}x{k_w} kernel at offset {offset} does not fit in {big_h}x{big_w}")
-    out = np.zeros(kernel.shape[:2] + tuple(size), np.float64)
-    out[:, :, dy : dy + k_h, dx : dx + k_w] = kernel
-    return out
 
 
 def sum_branches(

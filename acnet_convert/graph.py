@@ -20,7 +20,7 @@ Pure Python and numpy: nothing here imports Paddle or ONNX.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping, Union
 
 import numpy as np
@@ -117,4 +117,13 @@ class Graph:
             nodes = kept
         if len(nodes) == len(self.nodes):
             return self
-        return Graph(nodes, self.inputs, self.outputs, self.tensors, self.weights, self.constants, self.output_names)
+        return replace(self, nodes=nodes)
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, ... whichever is free first; reserved in `taken`."""
+    name, n = base, 1
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name)
+    return name

@@ -12,14 +12,12 @@ import numpy as np
 
 from acnet_convert.handlers import Registry
 from acnet_convert.graph import Node
+from acnet_convert.lod_tensor import VAR_TYPES
 from acnet_convert.text import printable
 
 if TYPE_CHECKING:
     from acnet_convert.legacy_writer import LegacyBuilder
 
-# Paddle's VarType codes (framework.proto), as the legacy ops' dtype attributes take them
-VAR_TYPES = {"bool": 0, "int16": 1, "int32": 2, "int64": 3, "float16": 4, "float32": 5, "float64": 6,
-             "uint8": 20, "int8": 21}
 # ops that make constants: the writer folds their values into attributes, or makes them with
 # fill_constant / assign_value where an op reads them at run time
 CONSTANT_OPS = ("full", "full_int_array", "assign_value")

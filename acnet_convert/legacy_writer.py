@@ -31,8 +31,9 @@ import numpy as np
 
 from acnet_convert.artifacts import Artifacts
 from acnet_convert.errors import ConvertError
-from acnet_convert.graph import Graph, Input, Node
-from acnet_convert.legacy_ops import CONSTANT_OPS, HANDLERS, VAR_TYPES, supported_ops
+from acnet_convert.graph import Graph, Input, Node, unique_name
+from acnet_convert.legacy_ops import CONSTANT_OPS, HANDLERS, supported_ops
+from acnet_convert.lod_tensor import VAR_TYPES, serialized_size
 from acnet_convert.text import one_line, printable
 
 
@@ -177,10 +178,7 @@ class LegacyBuilder:
         return name
 
     def temp(self, base: str, dtype: str = "float32") -> str:
-        name, n = base, 1
-        while name in self.taken:
-            name, n = f"{base}_{n}", n + 1
-        self.taken.add(name)
+        name = unique_name(base, self.taken)
         self.variables[name] = Variable(None, dtype)
         return name
 
@@ -227,22 +225,11 @@ def translate(graph: Graph) -> LegacyProgram:
     return LegacyProgram(b.ops, b.variables, b.parameters, list(graph.inputs), fetches)
 
 
-def _serialized_size(array: np.ndarray) -> int:
-    """Bytes of one tensor in a `save_combine` file: the LoDTensor header (see lod_tensor.py)
-    and the data."""
-
-    def varint_len(v: int) -> int:
-        return max(1, (int(v).bit_length() + 6) // 7)
-
-    desc = 1 + varint_len(VAR_TYPES.get(str(array.dtype), 0)) + sum(1 + varint_len(d) for d in array.shape)
-    return 4 + 8 + 4 + 4 + desc + array.nbytes
-
-
 def check_shared_params(program: LegacyProgram, params: Path) -> None:
     """The legacy program reads the PIR model's parameter file as it is: its parameters, in
     sorted order, must be exactly the tensors the file holds. Checked by size (a tensor more,
     less or of another shape changes it)."""
-    expected = sum(_serialized_size(np.asarray(a)) for a in program.parameters.values())
+    expected = sum(serialized_size(a) for a in program.parameters.values())
     actual = params.stat().st_size
     if expected != actual:
         raise ConvertError(f"{printable(params)} holds {actual} bytes where the legacy program's "

@@ -39,7 +39,11 @@ _DTYPES: dict[int, np.dtype] = {
     21: np.dtype("i1"),  # INT8
 }
 _CODES: dict[np.dtype, int] = {dtype: code for code, dtype in _DTYPES.items()}
+# Paddle's VarType codes by dtype name, as the legacy ops' dtype attributes take them
+VAR_TYPES: dict[str, int] = {dtype.name: code for code, dtype in _DTYPES.items()}
 _REFUSED = {22: "bfloat16", 23: "complex64", 24: "complex128"}
+# as written: version, LoD level (0), tensor version, descriptor size; the descriptor follows
+_HEADER = "<IQIi"
 
 MAX_RANK = 64  # Paddle's DDim holds at most 9; 64 is numpy's own limit
 _MAX_LOD_LEVEL = 16  # Paddle uses 0..2 in practice
@@ -280,10 +284,22 @@ def _header_and_data(array: np.ndarray) -> tuple[bytes, memoryview]:
     if code is None:
         raise ValueError(f"Paddle's LoDTensor has no type for {arr.dtype} arrays")
     data = np.require(arr, dtype=dtype, requirements="C").reshape(-1)
-    # what Paddle's TensorDesc serializer writes: data_type, then each dim unpacked (proto2)
-    desc = b"\x08" + _encode_varint(code) + b"".join(b"\x10" + _encode_varint(d) for d in arr.shape)
-    header = struct.pack("<IQIi", 0, 0, 0, len(desc)) + desc
+    desc = _tensor_desc(code, arr.shape)
+    header = struct.pack(_HEADER, 0, 0, 0, len(desc)) + desc
     return header, memoryview(data).cast("B")
+
+
+def _tensor_desc(code: int, shape: tuple[int, ...]) -> bytes:
+    # what Paddle's TensorDesc serializer writes: data_type, then each dim unpacked (proto2)
+    return b"\x08" + _encode_varint(code) + b"".join(b"\x10" + _encode_varint(d) for d in shape)
+
+
+def serialized_size(array: np.ndarray) -> int:
+    """The length of `lod_tensor_bytes(array)`, without building it (an unknown dtype counts
+    as code 0, as a size check needs no more)."""
+    arr = np.asarray(array)
+    code = _CODES.get(arr.dtype.newbyteorder("<"), 0)
+    return struct.calcsize(_HEADER) + len(_tensor_desc(code, arr.shape)) + arr.nbytes
 
 
 def lod_tensor_bytes(array: np.ndarray) -> bytes:

@@ -118,10 +118,6 @@ def train_model(plan: Plan, tensors: Mapping[str, np.ndarray]) -> ResNetACNet:
     return load_weights(ResNetACNet(plan, legacy_bias=legacy_bias), tensors)
 
 
-def deploy_model(plan: Plan, weights: Mapping[str, np.ndarray]) -> ResNetACNet:
-    return load_weights(ResNetACNet(plan, deploy=True), weights)
-
-
 
 
 def resnet18_acnet(num_classes: int = 1000, deploy: bool = False) -> ResNetACNet:

@@ -16,7 +16,7 @@ Imports onnx, never Paddle.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 import acnet_convert
 from acnet_convert import onnx_ops, staging
 from acnet_convert.errors import ConvertError
-from acnet_convert.graph import Graph, Input, Node, TensorInfo
+from acnet_convert.graph import Graph, Input, Node, TensorInfo, unique_name
 from acnet_convert.text import printable
 
 MIN_OPSET, MAX_OPSET = 13, 21
@@ -43,22 +43,28 @@ ONNX_TYPES = {
 _SMALL = 4096
 
 
-def fp16_range_report(graph: Graph) -> tuple[list[str], int, int]:
-    """How the graph's float weights fare in float16: (names of the weights holding a value
-    beyond float16's largest finite 65504, number of nonzero values that become 0, number of
-    float values in all)."""
-    overflowing: list[str] = []
-    underflow = total = 0
+def _float_weights(graph: Graph) -> Iterator[tuple[str, np.ndarray]]:
     for name, array in graph.weights.items():
         array = np.asarray(array)
-        if not np.issubdtype(array.dtype, np.floating):
-            continue
+        if np.issubdtype(array.dtype, np.floating):
+            yield name, array
+
+
+def fp16_overflowing(graph: Graph) -> list[str]:
+    """Names of the float weights holding a value beyond float16's largest finite 65504 (NaN
+    and inf count as not fitting)."""
+    return [name for name, array in _float_weights(graph) if array.size and not (np.abs(array) <= FP16_MAX).all()]
+
+
+def fp16_range_report(graph: Graph) -> tuple[list[str], int, int]:
+    """How the graph's float weights fare in float16: (`fp16_overflowing`, number of nonzero
+    values that become 0, number of float values in all)."""
+    underflow = total = 0
+    for _name, array in _float_weights(graph):
         total += array.size
-        if array.size and not (np.abs(array) <= FP16_MAX).all():  # NaN and inf count as not fitting
-            overflowing.append(name)
         with np.errstate(over="ignore"):
             underflow += int(np.count_nonzero((array != 0) & (array.astype(np.float16) == 0)))
-    return overflowing, underflow, total
+    return fp16_overflowing(graph), underflow, total
 
 
 class OnnxBuilder:
@@ -92,11 +98,7 @@ class OnnxBuilder:
     # ---- names ------------------------------------------------------------------------------
 
     def unique(self, hint: str) -> str:
-        name, n = hint, 1
-        while name in self._taken:
-            name, n = f"{hint}_{n}", n + 1
-        self._taken.add(name)
-        return name
+        return unique_name(hint, self._taken)
 
     def reserve(self, name: str) -> None:
         self._taken.add(name)
@@ -265,10 +267,7 @@ class OnnxBuilder:
             if index in self._nodes_done:
                 continue
             self.node = node
-            handler = onnx_ops.HANDLERS.get(node.op)
-            if handler is None:
-                raise self.fail(onnx_ops.NO_HANDLER.format(op=printable(node.op)))
-            handler(self, node)
+            onnx_ops.HANDLERS[node.op](self, node)  # build_onnx refused ops without one up front
         self.node = None
 
 
@@ -326,7 +325,7 @@ def build_onnx(
     program leaves them open), symbolic "H"/"W" with `dynamic_size`. One output is
     `logits`, several are `output_0`, `output_1`, ... With `fp16`, weights and activations are
     float16 and Casts at the borders keep the inputs and outputs float32; a weight that does
-    not fit float16 is refused by name (see `fp16_range_report`).
+    not fit float16 is refused by name (see `fp16_overflowing`).
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"ONNX opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}")
@@ -336,7 +335,7 @@ def build_onnx(
         if node.op not in onnx_ops.HANDLERS:
             raise onnx_ops.refusal(node.where(), onnx_ops.NO_HANDLER.format(op=printable(node.op)))
     if fp16:
-        overflowing, _, _ = fp16_range_report(graph)
+        overflowing = fp16_overflowing(graph)
         if overflowing:
             worst = float(np.nanmax(np.abs(np.asarray(graph.weights[overflowing[0]], np.float64))))
             more = f" (and {len(overflowing) - 1} more)" if len(overflowing) > 1 else ""

@@ -169,11 +169,14 @@ class _Finder:
         if i is None:
             return None
         node = self.g.nodes[i]
-        factor = self.g.constant(node.inputs[1]) if len(node.inputs) > 1 else None
-        factor = float(node.attrs.get("scale", 1.0)) if factor is None and len(node.inputs) < 2 else factor
-        if factor is None or float(factor.reshape(-1)[0] if hasattr(factor, "reshape") else factor) != 1.0:
-            return None
-        return i if float(node.attrs.get("bias", 0.0)) == 0.0 else None
+        if len(node.inputs) > 1:  # the scale as an operand, which must be a known constant
+            value = self.g.constant(node.inputs[1])
+            if value is None:
+                return None
+            factor = float(value.reshape(-1)[0])
+        else:
+            factor = float(node.attrs.get("scale", 1.0))
+        return i if factor == 1.0 and float(node.attrs.get("bias", 0.0)) == 0.0 else None
 
     def sum_inputs(self, i: int) -> tuple[str, ...]:
         node = self.g.nodes[i]

@@ -13,14 +13,14 @@ import hashlib
 import json
 import threading
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from acnet_convert.errors import ConvertError
-from acnet_convert.graph import Graph, Input, Node, TensorInfo
+from acnet_convert.graph import Graph, Input, Node, TensorInfo, unique_name
 from acnet_convert.quiet import import_paddle, silenced
 from acnet_convert.text import one_line, printable
 
@@ -233,11 +233,7 @@ class _Names:
         self.where: dict[str, tuple[int, int]] = {}
 
     def unique(self, base: str) -> str:
-        name, n = base, 1
-        while name in self.taken:
-            name, n = f"{base}_{n}", n + 1
-        self.taken.add(name)
-        return name
+        return unique_name(base, self.taken)
 
     def set(self, op: Any, index: int, name: Input, position: int) -> None:
         self.by_key[(op.id(), index)] = name
@@ -420,7 +416,7 @@ def merge_conv_bias(graph: Graph) -> Graph:
     if not replaced:
         return graph
     nodes = [replaced.get(i, n) for i, n in enumerate(graph.nodes) if i not in drop]
-    return Graph(nodes, graph.inputs, graph.outputs, graph.tensors, graph.weights, graph.constants, graph.output_names)
+    return replace(graph, nodes=nodes)
 
 
 def _bias_parameter(graph: Graph, name: str, producers: dict[str, int], users: dict[str, list[int]]) -> tuple[str | None, list[int]]:

@@ -9,7 +9,8 @@ family gets the reference deploy names (`NAME_acsquare_weights` + `NAME_acsquare
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -132,11 +133,9 @@ def fuse_graph(
     weight once the last group reading it is fused and nothing else reads it (the caller may
     drop it: the train and the fused weights then never all sit in memory at once)."""
     kept = kept_parameters(graph, groups)
-    taken = kept | set(graph.weights) - _consumed(graph, groups)
-    readers: dict[str, int] = {}
-    for group in groups:
-        for name in _consumed(graph, [group]) - kept:
-            readers[name] = readers.get(name, 0) + 1
+    consumed = {id(group): _consumed(graph, group) - kept for group in groups}
+    taken = kept | (set(graph.weights) - set().union(*consumed.values()))
+    readers = Counter(name for names in consumed.values() for name in names)
     fused = []
     for group in track(groups, "fusing") if track else groups:
         _check_inputs(graph, group, allow_nonfinite, warn, kernels=False)
@@ -160,30 +159,26 @@ def fuse_graph(
             warn(message)
         fused.append(FusedConv(group, weight, bias, kernel, bias_value))
         if release is not None:
-            for name in _consumed(graph, [group]) - kept:
+            for name in consumed[id(group)]:
                 readers[name] -= 1
                 if not readers[name]:
                     release(name)
     return fused
 
 
-def _consumed(graph: Graph, groups: Iterable[Group]) -> set[str]:
-    names: set[str] = set()
-    for group in groups:
-        for i in group.nodes:
-            names.update(t for t in graph.nodes[i].tensor_inputs() if graph.is_parameter(t))
-    return names
+def _consumed(graph: Graph, group: Group) -> set[str]:
+    return {t for i in group.nodes for t in graph.nodes[i].tensor_inputs() if graph.is_parameter(t)}
 
 
 def deploy_graph(graph: Graph, fused: list[FusedConv]) -> Graph:
     """`graph` with each group's nodes replaced by its fused conv (placed where the group's
     last node was) and the weights that no remaining node reads dropped."""
-    replace = {f.group.nodes[-1]: f for f in fused}
+    at_root = {f.group.nodes[-1]: f for f in fused}
     removed = {i for f in fused for i in f.group.nodes}
     nodes = []
     for i, node in enumerate(graph.nodes):
-        if i in replace:
-            nodes.append(replace[i].node())
+        if i in at_root:
+            nodes.append(at_root[i].node())
         elif i not in removed:
             nodes.append(node)
     weights = {}
@@ -198,4 +193,4 @@ def deploy_graph(graph: Graph, fused: list[FusedConv]) -> Graph:
     for f in fused:
         tensors[f.weight] = TensorInfo(f.kernel.shape, str(f.kernel.dtype))
         tensors[f.bias] = TensorInfo(f.bias_value.shape, str(f.bias_value.dtype))
-    return Graph(nodes, graph.inputs, graph.outputs, tensors, weights, graph.constants, graph.output_names).pruned()
+    return replace(graph, nodes=nodes, tensors=tensors, weights=weights).pruned()
