@@ -7,7 +7,7 @@
   every runner at once, so memory does not grow with DIR; top-1/top-5 accuracy is counted per
   graph where labels are known.
 
-Either way every pair of graphs is compared batch by batch (`verify_report.PairStats`).
+Either way every pair of graphs is compared batch by batch (`verdict.PairStats`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from acnet_convert.deploy_config import Preprocess
 from acnet_convert.errors import ConvertError
 from acnet_convert.runners import Runner
 from acnet_convert.text import printable
-from acnet_convert.verify_report import ImageSetResult, PairStats, Preprocessing
+from acnet_convert.verdict import NAMED, PairStats
+from acnet_convert.verify_report import ImageSetResult, Preprocessing
 
 TRAIN = "train"
 Track = Callable[[Any, str], Iterable]
@@ -54,10 +55,6 @@ class RandomBatches:
         rng = np.random.default_rng(self.seed)
         for _ in range(self.batches):
             yield rng.standard_normal((self.batch_size, *self.shape), dtype=np.float32)
-
-
-def random_batches(batch_size: int, batches: int, shape: tuple[int, ...], seed: int) -> list[np.ndarray]:
-    return list(RandomBatches(batch_size, batches, shape, seed))
 
 
 def load_inputs(path: Path, shape: tuple[int, ...], batch_size: int) -> list[np.ndarray]:
@@ -220,7 +217,7 @@ class ImageFeed:
             raise ConvertError(f"--images {printable(self.images.root)}: no image could be read ({printable(why)})")
         if self.skipped:
             say(f"skipped {len(self.skipped)} unreadable image(s): "
-                + ", ".join(printable(n, 80) for n, _ in self.skipped[:10]) + (" ..." if len(self.skipped) > 10 else ""))
+                + ", ".join(printable(n, 80) for n, _ in self.skipped[:NAMED]) + (" ..." if len(self.skipped) > NAMED else ""))
         p = self.preprocess
         result = ImageSetResult(
             root=str(self.images.root), found=len(self.images), read=count, skipped=self.skipped, labelled=labelled,

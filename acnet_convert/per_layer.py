@@ -11,7 +11,7 @@ groups there are, and every group sees exactly the input the train graph gave it
 accumulate from group to group.
 
 A group passes by the report's rule: max_j |d_ij| <= atol + rtol * s_i for every sample i, s_i
-the sample's largest |train output| (see verify_report). A group also fails, with the reason,
+the sample's largest |train output| (see verdict). A group also fails, with the reason,
 when its deploy tensors are missing or the deploy program's conv reading them has another
 geometry than the manifest row says.
 """
@@ -26,7 +26,8 @@ from acnet_convert.graph import Graph
 from acnet_convert.program_reader import Program, static_mode
 from acnet_convert.quiet import silenced
 from acnet_convert.text import one_line, printable
-from acnet_convert.verify_report import LayerResult, tolerance_ratio
+from acnet_convert.verdict import tolerance_ratio
+from acnet_convert.verify_report import LayerResult
 
 _PREFIX = "acnet_verify_per_layer"
 
@@ -112,7 +113,7 @@ def compare_groups(
     results: dict[int, LayerResult] = {}
     fetch: list[tuple[int, Any, Any]] = []
     program.fill_scope()  # the graph reader moved the parameters out of the scope
-    ops = program.ops
+    names = [str(row.get("name", row["output"])) for row in rows]
     block = program.program.global_block()
     with static_mode() as paddle, paddle.static.scope_guard(program.scope), silenced():
         for op in [op for op in block.ops if op.name() == "pd_op.fetch"]:
@@ -125,7 +126,7 @@ def compare_groups(
 
         with paddle.static.program_guard(program.program, paddle.static.Program()):
             for i, row in enumerate(rows):
-                name = str(row.get("name", row["output"]))
+                name = names[i]
                 why = _why_not(row, weights, geometry, program.values)
                 if why is not None:
                     results[i] = LayerResult(name, str(row.get("output")), float("inf"), float("nan"), float("inf"), False, why)
@@ -154,7 +155,7 @@ def compare_groups(
                 diff, scale = np.asarray(out[2 * k], np.float64), np.asarray(out[2 * k + 1], np.float64)
                 ratio = tolerance_ratio(diff, scale, atol, rtol)
                 worst = float(np.where(np.isnan(diff), np.inf, diff).max())
-                results[i] = LayerResult(str(rows[i].get("name", rows[i]["output"])), rows[i]["output"], worst,
+                results[i] = LayerResult(names[i], rows[i]["output"], worst,
                                          float(scale.max()), float(ratio.max()), bool(ratio.max() <= 1.0))
     return [results[i] for i in range(len(rows))]
 

@@ -56,10 +56,13 @@ class Runner:
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         step = max(1, CHUNK_PIXELS // max(1, int(np.prod(batch.shape[2:]))))
-        if len(batch) <= step:
-            return self.run(batch)
-        parts = [self.run(batch[i : i + step]) for i in range(0, len(batch), step)]
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return self.run(batch) if len(batch) <= step else in_steps(self.run, batch, step)
+
+
+def in_steps(run: Callable[[np.ndarray], list[np.ndarray]], batch: np.ndarray, step: int) -> list[np.ndarray]:
+    """`run` over `batch` in slices of `step` samples, its outputs joined again."""
+    parts = [run(batch[i : i + step]) for i in range(0, len(batch), step)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
 # Paddle 3.3 applies these passes whenever oneDNN (or CUDA) is on, even with
@@ -325,10 +328,7 @@ def onnx_session(path: Path, device: Device, image_shape: tuple[int, ...] | None
         return [np.asarray(o, np.float32) for o in out]
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
-        if step is None:
-            return once(batch)
-        parts = [once(batch[i : i + step]) for i in range(0, len(batch), step)]
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
+        return once(batch) if step is None else in_steps(once, batch, step)
 
     providers = list(session.get_providers())
     runner = Runner(name, path, run, fp16=fp16, close=lambda: state.clear())

@@ -10,13 +10,13 @@ The graphs, run on the same inputs:
   Paddle deploy model OUT holds, through paddle.inference, as users deploy them;
 * ``onnx``: OUT/model.onnx (or `--onnx PATH`) under ONNX Runtime, when there is one.
 
-Every pair is judged by the rule in `verify_report` (|a_ij - b_ij| <= atol + rtol * s_i, s_i
+Every pair is judged by the rule in `verdict` (|a_ij - b_ij| <= atol + rtol * s_i, s_i
 sample i's largest |output|). Besides, the tensors each Paddle deploy model loads must equal
 OUT/deploy.pdparams bit for bit, and `--per-layer` judges every fused group alone
 (`per_layer`). Inputs: random normal batches, a `--inputs FILE.npy`, or `--images DIR`
 (`images`, preprocessed as OUT/inference.yml says, `deploy_config`), streamed.
 
-This module only orchestrates: the report and the verdict are `verify_report`, the runtimes
+This module only orchestrates: the verdict is `verdict`, the report `verify_report`, the runtimes
 `runners`, the inputs and how they stream through the runtimes `feeds` (images: `images`,
 their preprocessing: `deploy_config`), the per-group check `per_layer`.
 """
@@ -39,7 +39,8 @@ from acnet_convert.feeds import ImageFeed, MemoryFeed, RandomBatches, Track, loa
 from acnet_convert.runners import (Runner, onnx_session, op_names, paddle_predictor, release_memory, train_files,
                                    train_runner)
 from acnet_convert.text import printable
-from acnet_convert.verify_report import PairStats, SourceInfo, VerifyReport, noise_floor, widened_rtol
+from acnet_convert.verdict import PairStats, noise_floor, widened_rtol
+from acnet_convert.verify_report import SourceInfo, VerifyReport
 
 TRAIN, ONNX = "train", "onnx"
 PADDLE_NAMES = {"pir": "paddle-deploy", "legacy": "paddle-legacy"}
@@ -70,20 +71,11 @@ class DeployModel:
     ops: frozenset[str] = frozenset()  # its op names, filled when it is loaded
 
 
-def mismatched_tensors(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
-    """Names whose tensors are not bitwise identical (or exist in only one mapping)."""
-    out = []
-    for name in sorted(set(a) | set(b)):
-        if name not in a or name not in b:
-            out.append(name)
-            continue
-        x, y = np.ascontiguousarray(a[name]), np.ascontiguousarray(b[name])
-        # bitwise (NaN == NaN here), through byte views rather than copies
-        if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(
-            x.reshape(-1).view(np.uint8), y.reshape(-1).view(np.uint8)
-        ):
-            out.append(name)
-    return out
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise identical tensors (NaN == NaN here), compared through byte views, not copies."""
+    x, y = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x.reshape(-1).view(np.uint8),
+                                                                         y.reshape(-1).view(np.uint8))
 
 
 def _loaded_parameters(program: Any) -> Iterator[tuple[str, np.ndarray]]:
@@ -113,7 +105,7 @@ def check_deploy_weights(models: list[DeployModel], artifacts: Artifacts, keep: 
         seen = set()
         for name, value in _loaded_parameters(loaded):
             seen.add(name)
-            if name not in stored or mismatched_tensors({name: value}, {name: stored[name]}):
+            if name not in stored or not same_bits(value, stored[name]):
                 mismatched.add(name)
             if i == 0 and name in keep:
                 kept[name] = value
@@ -140,11 +132,12 @@ def open_train_source(manifest: Manifest, artifacts: Artifacts, override: Path |
     path = Path(override) if explicit else Path(recorded.path)
     what = "checkpoint" if recorded.kind == "checkpoint" else "model"
     flag = "--ckpt" if recorded.kind == "checkpoint" else "--source"
-    if not path.exists() and find_program(path) is None:
+    program = find_program(path)
+    if not path.exists() and program is None:
         where = flag if explicit else f"the source {what} named in {printable(artifacts.manifest_path)}"
         hint = "" if explicit else f"; pass {flag} with its new location"
         raise ConvertError(f"{where} {printable(path)} does not exist{hint}")
-    if find_program(path) is not None:
+    if program is not None:
         source = open_source(path)
     else:
         source = open_source(path, arch=manifest.arch or "auto", num_classes=manifest.num_classes, input_size=size)
@@ -312,7 +305,7 @@ def verify(
         train.program.close()  # the runners load their own copies
         del train, deployed
         release_memory()
-        noise = None
+        noise, judged = None, rtol
         if first is not None:
             with log.timed("noise floor"):
                 noise = _noise_floor(files, target, train_ops, first)
@@ -329,7 +322,6 @@ def verify(
 
         def stats_of(fp16: dict[str, bool]) -> list[PairStats]:
             names = [TRAIN] + [m.name for m in models] + ([ONNX] if onnx_path is not None else [])
-            judged = rtol if noise is None else widened_rtol(rtol, noise)
             return [PairStats(a, b, atol, judged, fp16=fp16.get(a, False) or fp16.get(b, False))
                     for i, a in enumerate(names) for b in names[i + 1 :]]
 
@@ -347,7 +339,7 @@ def verify(
 
 def _noise_floor(files: tuple[Path, Path], target: Any, ops: Any, batch: np.ndarray) -> float:
     """The train graph's own float32 noise on `batch`: as written vs under Paddle's optimised
-    kernels (BN folded, oneDNN), two computations of one function (verify_report's docstring)."""
+    kernels (BN folded, oneDNN), two computations of one function (verdict's docstring)."""
     written = train_runner(files, target, files[0], ops)
     try:
         a = written(batch)

@@ -1,44 +1,5 @@
-"""What `verify` measured, and the verdict: the report's dataclasses, the metrics, the table and
-the JSON.
-
-The verdict (the same rule for a pair of graphs and for one fused group):
-
-    a pair passes when every |a_ij - b_ij| <= atol + rtol * s_i,
-    s_i = max_j |a_ij|, sample i's largest |value| in the reference a
-
-(for classifiers the image's largest |logit|; for dense outputs, or a fused group's output, the
-sample's largest |value|). Why the scale of the sample and not of each element: float32 rounds
-every multiply-add to ~6e-8 of its own size, so two correct implementations of one network (a
-sum of three BN'd branches and one fused conv; Paddle and ONNX Runtime; one GEMM blocking and
-another) drift apart by ~1e-7 of the *activations* an output was computed from, whatever that
-output's own size. A logit of 4 in an image whose largest logit is 1000 carries rounding of a
-few 1e-4: numpy.allclose (`|d| <= atol + rtol * |a_ij|`) calls that a mismatch, although the
-upstream deploy program shows the same difference against ONNX Runtime. Scaled by s_i, the
-tolerance follows the error model: a correct conversion uses ~1e-3..1e-1 of it (untrained
-networks with logits of 1e5 as much as ones of 1e1), and a fusion error (a bias off by 1e-3 of
-itself, one kernel tap moved, BN epsilon 1e-3 for 1e-5, a pre-BN bias dropped) exceeds it many
-times over (tests/test_verify_verdict.py measures both sides). The element-wise numbers stay in
-the report: `max_abs_error`, and `elementwise_pass`, numpy.allclose's verdict, for reference.
-
-The noise floor. Some correct conversions still fail that rule: a deep network whose logits are
-small beside its activations (a ResNet-101 with re-estimated BN statistics and logits ~5 differs
-from its own float64 twin by 7e-5 of its largest logit). So verify measures the network's float32
-noise on the first batch: the train graph as written against the same train graph under
-Paddle's optimised kernels (two float32 computations of one function, no fusion between them),
-n = max_i max_j |t_ij - t'_ij| / s_i, and judges every pair with
-rtol' = max(rtol, min(rtol + NOISE_FACTOR * n, NOISE_CAP)). A well-conditioned network's n is
-~1e-7, so rtol is unchanged and fusion errors of 1e-3 of a bias still fail; an ill-conditioned
-one gets the tolerance its own arithmetic needs, never more than NOISE_CAP (a Paddle pass
-that is itself wrong cannot hide a fusion error beyond that). `noise_floor` in the JSON.
-
-An ONNX model computed in float16 is held to FP16_ATOL / FP16_RTOL instead (or the user's
-tolerances, if larger): float16 keeps 11 significant bits (eps 9.8e-4), and ~50 layers of
-rounding accumulate to a few 1e-3 of the activations. Such a pair also reports top-1 agreement;
-under the scale rule, top-1 can only differ for images whose two best logits are within twice
-the tolerance.
-
-`tolerance_ratio` is the verdict as a number: the worst |a_ij - b_ij| / (atol + rtol * s_i),
-so a pair passes exactly when it is <= 1; 1 / ratio is the margin of a passing pair.
+"""What `verify` measured: the report's dataclasses, the table and the JSON. The verdict
+itself, the rule and its numbers, is `verdict`.
 
 JSON report (`VerifyReport.to_json()`)::
 
@@ -100,162 +61,18 @@ nothing here imports Paddle.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from acnet_convert.text import printable
-
-REL_FLOOR = 1e-12  # denominator floor of the relative error: all-zero outputs do not divide by 0
-FP16_ATOL = 1e-2
-FP16_RTOL = 1e-2
-NOISE_FACTOR = 4
-NOISE_CAP = 1e-3
-NAMED = 10  # images named per list (top-1 differences, skipped files)
-
-
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
+from acnet_convert.verdict import NAMED, PairResult, finite
 
 
 def _sci(x: float | None) -> str:
     if x is None:
         return "n/a"
     return f"{x:.2e}" if np.isfinite(x) else str(x)
-
-
-def per_sample(outputs: Sequence[np.ndarray]) -> np.ndarray:
-    """[N, ...] outputs (one or several) as one float64 [N, M] matrix, a row per sample."""
-    return np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1) for o in outputs], axis=1)
-
-
-def noise_floor(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
-    """max over samples of max_j |a_ij - b_ij| / s_i (s_i from `a`): how far two float32
-    computations of one function drift apart, relative to each sample's scale."""
-    x, y = per_sample(a), per_sample(b)
-    with np.errstate(invalid="ignore"):
-        worst = np.abs(x - y).max(axis=1) / np.maximum(np.abs(x).max(axis=1), REL_FLOOR)
-    return float(worst.max()) if np.isfinite(worst).all() else float("inf")
-
-
-def widened_rtol(rtol: float, noise: float) -> float:
-    """The rtol pairs are judged with, given the network's noise floor (module docstring)."""
-    if not np.isfinite(noise):
-        return max(rtol, NOISE_CAP)
-    return max(rtol, min(rtol + NOISE_FACTOR * noise, NOISE_CAP))
-
-
-def tolerance_ratio(diff_max: np.ndarray, scale: np.ndarray, atol: float, rtol: float) -> np.ndarray:
-    """Per sample: max_j |d_ij| / (atol + rtol * s_i). NaN (not finite) becomes inf. A zero
-    tolerance with a zero difference is 0; with any difference, inf."""
-    bound = atol + rtol * scale
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(bound > 0, diff_max / np.where(bound > 0, bound, 1.0), np.where(diff_max == 0, 0.0, np.inf))
-    return np.where(np.isnan(ratio), np.inf, ratio)
-
-
-@dataclass(frozen=True)
-class PairResult:
-    a: str
-    b: str
-    max_abs_error: float
-    max_rel_error: float
-    tolerance_ratio: float
-    cosine: float
-    top1_agreement: float | None
-    top1_differs: int
-    top1_differs_names: tuple[str, ...]
-    atol: float
-    rtol: float
-    fp16: bool
-    elementwise_pass: bool
-    passed: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "a": self.a,
-            "b": self.b,
-            "max_abs_error": _finite(self.max_abs_error),
-            "max_rel_error": _finite(self.max_rel_error),
-            "tolerance_ratio": _finite(self.tolerance_ratio),
-            "cosine": _finite(self.cosine),
-            "top1_agreement": self.top1_agreement,
-            "top1_differs": self.top1_differs,
-            "top1_differs_names": list(self.top1_differs_names),
-            "atol": self.atol,
-            "rtol": self.rtol,
-            "fp16": self.fp16,
-            "elementwise_pass": self.elementwise_pass,
-            "pass": self.passed,
-        }
-
-
-class PairStats:
-    """The comparison of graph `b` with the reference `a`, accumulated batch by batch: memory
-    does not grow with the number of images."""
-
-    def __init__(self, a: str, b: str, atol: float, rtol: float, fp16: bool = False) -> None:
-        if fp16:
-            atol, rtol = max(atol, FP16_ATOL), max(rtol, FP16_RTOL)
-        self.a, self.b, self.atol, self.rtol, self.fp16 = a, b, atol, rtol, fp16
-        self.samples = 0
-        self.max_abs = 0.0
-        self.max_rel = 0.0
-        self.ratio = 0.0
-        self.cosine = 1.0
-        self.elementwise = True
-        self.classifier = True
-        self.agree = 0
-        self.differs = 0
-        self.differ_names: list[str] = []
-
-    def update(self, a: Sequence[np.ndarray], b: Sequence[np.ndarray], names: Sequence[str] | None = None) -> None:
-        """One batch: the outputs of both graphs, each a list of [N, ...] arrays."""
-        x, y = per_sample(a), per_sample(b)
-        n = len(x)
-        diff = np.abs(x - y)
-        with np.errstate(invalid="ignore"):
-            worst = diff.max(axis=1)  # NaN propagates
-            scale = np.abs(x).max(axis=1)
-            nan = np.isnan(diff).any(axis=1)
-            worst = np.where(nan, np.inf, worst)
-            ratio = tolerance_ratio(worst, scale, self.atol, self.rtol)
-            dots = np.sum(x * y, axis=1)
-            norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
-            same = worst == 0
-            cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(same, 1.0, 0.0))
-            self.elementwise &= bool(np.all(diff <= self.atol + self.rtol * np.abs(x)))  # NaN: False
-        self.max_abs = max(self.max_abs, float(worst.max()))
-        self.max_rel = max(self.max_rel, float((worst / np.maximum(scale, REL_FLOOR)).max()))
-        self.ratio = max(self.ratio, float(ratio.max()))
-        self.cosine = min(self.cosine, float(np.nan_to_num(cosines, nan=-1.0).min()))
-        self.classifier &= len(a) == 1 and np.asarray(a[0]).ndim == 2
-        if self.classifier:
-            differ = np.flatnonzero(x.argmax(axis=1) != y.argmax(axis=1))
-            self.agree += n - len(differ)
-            self.differs += len(differ)
-            for i in differ:
-                if len(self.differ_names) < NAMED:
-                    self.differ_names.append(names[i] if names is not None else f"#{self.samples + i}")
-        self.samples += n
-
-    def result(self) -> PairResult:
-        top1 = self.agree / self.samples if self.classifier and self.samples else None
-        return PairResult(
-            a=self.a, b=self.b, max_abs_error=self.max_abs, max_rel_error=self.max_rel,
-            tolerance_ratio=self.ratio, cosine=self.cosine, top1_agreement=top1,
-            top1_differs=self.differs if self.classifier else 0, top1_differs_names=tuple(self.differ_names),
-            atol=self.atol, rtol=self.rtol, fp16=self.fp16, elementwise_pass=self.elementwise,
-            passed=bool(self.ratio <= 1.0),
-        )
-
-
-def compare(a: np.ndarray, b: np.ndarray, names: tuple[str, str], atol: float, rtol: float,
-            fp16: bool = False) -> PairResult:
-    """Compare outputs `b` with the reference `a` (each [N, ...]) in one go."""
-    stats = PairStats(names[0], names[1], atol, rtol, fp16)
-    stats.update([a], [b])
-    return stats.result()
 
 
 @dataclass(frozen=True)
@@ -271,8 +88,8 @@ class LayerResult:
     why: str | None = None  # when it fails for another reason than the numbers
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "output": self.output, "max_abs_error": _finite(self.max_abs_error),
-                "scale": _finite(self.scale), "tolerance_ratio": _finite(self.tolerance_ratio),
+        return {"name": self.name, "output": self.output, "max_abs_error": finite(self.max_abs_error),
+                "scale": finite(self.scale), "tolerance_ratio": finite(self.tolerance_ratio),
                 "pass": self.passed, "why": self.why}
 
 
@@ -419,7 +236,7 @@ class VerifyReport:
             "inputs": self.inputs,
             "atol": self.atol,
             "rtol": self.rtol,
-            "noise_floor": _finite(self.noise_floor) if self.noise_floor is not None else None,
+            "noise_floor": finite(self.noise_floor) if self.noise_floor is not None else None,
             "source": {"path": self.source.path, "kind": self.source.kind, "sha256": self.source.sha256,
                        "checked": self.source.checked},
             "graphs": [{"name": name, "path": path} for name, path in self.graphs],

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from acnet_convert import verify_report
+from acnet_convert import verdict, verify_report
 from acnet_convert.artifacts import Artifacts
 from acnet_convert.cli import cli
 from acnet_convert.convert import fuse
@@ -40,16 +40,15 @@ GRAPHS = ["train", "paddle-deploy", "paddle-legacy", "onnx"]
 
 
 @pytest.fixture(scope="module")
-def out18(checkpoints, tmp_path_factory) -> Path:
-    """ResNet-18 (per-variable checkpoint) fused into both Paddle formats, with model.onnx."""
-    out = tmp_path_factory.mktemp("verify") / "resnet18"
-    fuse(checkpoints(18, "vars"), out, input_size=TEST_INPUT, onnx=True, paddle_format="both")
-    return out
+def out18(fused) -> Path:
+    """ResNet-18 (per-variable checkpoint) fused into both Paddle formats (auto writes both for
+    it), with model.onnx; shared with the session, so read-only here."""
+    return fused(18, "vars", onnx=True)
 
 
 @pytest.fixture
 def copy18(fused, tmp_path) -> Path:
-    """A private copy of a PIR-only ResNet-18 output with model.onnx, to corrupt."""
+    """A private copy of a ResNet-18 output with model.onnx, to corrupt."""
     return Path(shutil.copytree(fused(18, "vars", onnx=True), tmp_path / "out"))
 
 
@@ -340,7 +339,7 @@ def test_onnx_written_elsewhere_static_batch_dynamic_size_and_fp16(copy18, tmp_p
     report = verify(copy18, onnx=half, batch_size=4, batches=1)
     fp16 = [p for p in report.pairs if p.fp16]
     assert [(p.a, p.b) for p in fp16] == [("train", "onnx"), ("paddle-deploy", "onnx"), ("paddle-legacy", "onnx")]
-    assert all(p.rtol == verify_report.FP16_RTOL and p.top1_agreement is not None for p in fp16)
+    assert all(p.rtol == verdict.FP16_RTOL and p.top1_agreement is not None for p in fp16)
     assert report.ok, report.format_table()
     assert "fp16: atol" in report.format_table()
 

@@ -23,7 +23,7 @@ import pytest
 
 from acnet_convert.artifacts import Artifacts
 from acnet_convert.verify import verify
-from acnet_convert.verify_report import FP16_RTOL, PairStats, compare, tolerance_ratio
+from acnet_convert.verdict import FP16_RTOL, PairStats, compare, tolerance_ratio
 from fixtures.cnn_models import MODELS
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 
