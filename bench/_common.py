@@ -128,16 +128,16 @@ def package_digest(names: tuple[str, ...] | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
-def fused_dir(source: Path, out: Path, newer_than: Path) -> Path:
-    """`acnet-convert fuse SOURCE OUT` (cached: redone when `newer_than` or the package changed;
-    the stamp sits beside OUT, which must hold only what fuse wrote)."""
+def fused_dir(source: Path, out: Path, newer_than: Path, *options: str) -> Path:
+    """`acnet-convert fuse SOURCE OUT [OPTIONS]` (cached: redone when `newer_than` or the package
+    changed; the stamp sits beside OUT, which must hold only what fuse wrote)."""
     stamp = out.with_name(out.name + ".stamp")
     key = package_digest()
     if (out / "manifest.json").is_file() and stamp.is_file() and stamp.read_text() == key \
             and stamp.stat().st_mtime >= newer_than.stat().st_mtime:
         return out
     note(f"fusing {source} into {out}")
-    subprocess.run([CLI, "-q", "fuse", str(source), str(out), "--force"], check=True)
+    subprocess.run([CLI, "-q", "fuse", str(source), str(out), *options, "--force"], check=True)
     stamp.write_text(key)
     return out
 
@@ -149,7 +149,7 @@ def deploy_dir(ckpt: Path) -> Path:
 
 def train_export_dir(ckpt: Path) -> Path:
     """The checkpoint's network as users export it: `models.resnet50_acnet`-style train form
-    (ACB branches + BN, eval mode) with the checkpoint's weights via `models.load_weights`,
+    (ACB branches + BN, eval mode) with the checkpoint's weights via `models.train_model`,
     `paddle.jit.save`d with InputSpec [None, 3, 224, 224] named `image` (cached; made in a
     child process so the caller does not load Paddle)."""
     out = CACHE / (ckpt.name + "_train_export")
@@ -170,13 +170,12 @@ def _train_export_child(ckpt: Path, out: Path) -> None:
     configure(False)
     paddle = import_paddle()
     from acnet_convert.checkpoint import read_checkpoint
-    from acnet_convert.models import ResNetACNet, load_weights
+    from acnet_convert.models import train_model
     from acnet_convert.validate import detect_plan
 
     checkpoint = read_checkpoint(ckpt)
     plan = detect_plan(checkpoint.tensors, str(ckpt))
-    legacy_bias = plan.stem.legacy_bias in checkpoint.tensors
-    model = load_weights(ResNetACNet(plan, legacy_bias=legacy_bias), checkpoint.tensors)  # eval mode
+    model = train_model(plan, checkpoint.tensors)  # eval mode
     spec = paddle.static.InputSpec([None, 3, INPUT_SIZE, INPUT_SIZE], "float32", name="image")
     out.mkdir(parents=True, exist_ok=True)
     with silenced():

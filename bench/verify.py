@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, CLI, PYTHON, ROOT, Row, checkpoint_dir, median, mib, note, package_digest, run_part
+from _common import CACHE, CLI, PYTHON, ROOT, Row, checkpoint_dir, fused_dir, median, mib, note, run_part
 
 BASELINE = "94c53a1157f7063e58b7ca5deb1fe76ecf7da8fe"
 ARGS = ["--batch-size", "8", "--batches", "8", "--device", "cpu"]
@@ -70,15 +70,7 @@ def baseline(ckpt: Path) -> tuple[Path, Path] | None:
 
 def current(ckpt: Path) -> Path:
     """Today's `fuse --onnx` output (cached, redone when the package changes)."""
-    out = CACHE / "verify_current_onnx"
-    stamp = out.with_name(out.name + ".stamp")
-    key = package_digest()
-    if (out / "model.onnx").is_file() and stamp.is_file() and stamp.read_text() == key:
-        return out
-    note(f"fusing {ckpt.name} into {out}")
-    subprocess.run([CLI, "-q", "fuse", str(ckpt), str(out), "--onnx", "--paddle-format", "pir", "--force"], check=True)
-    stamp.write_text(key)
-    return out
+    return fused_dir(ckpt, CACHE / "verify_current_onnx", ckpt / ".complete", "--onnx", "--paddle-format", "pir")
 
 
 def split_child(out: str, fold: bool) -> None:

@@ -15,6 +15,7 @@ from acnet_convert.cli import cli
 from acnet_convert.program_reader import load_program, program_files, read_graph
 from fixtures.cnn_models import MODELS
 from tests.cnn_fixtures import cnn_models, cnn_reference  # noqa: F401 - fixtures
+from tests.predict import paddle_predict
 
 # what each model must fold: branch sums (ACBs, RepVGG, ...) at least this many
 SUMS = {
@@ -27,18 +28,8 @@ DECLINED = {"neg_strides": "different strides", "neg_misaligned": "misaligned", 
 
 
 def run_paddle(program: Path, params: Path, images: np.ndarray) -> np.ndarray:
-    import paddle.inference as pi
-
-    config = pi.Config(str(program), str(params))
-    config.disable_gpu()
-    config.disable_glog_info()
-    config.disable_onednn()  # Paddle 3.3.1's oneDNN rejects PIR interpolate ops (PaddlePaddle/Paddle#79749)
-    predictor = pi.create_predictor(config)
-    handle = predictor.get_input_handle(predictor.get_input_names()[0])
-    handle.reshape(list(images.shape))
-    handle.copy_from_cpu(images)
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    # Paddle 3.3.1's oneDNN rejects PIR interpolate ops (PaddlePaddle/Paddle#79749)
+    return paddle_predict(program, params, images, onednn=False)[0][0]
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,10 @@ from acnet_convert.errors import ConvertError
 from acnet_convert.pickle_reader import load_pickle
 from tests.lod_bytes import lod_file
 from tests.test_pickle_reader import raw_unpickle
+from tests.test_lod_tensor import write
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_PADDLE = importlib.util.find_spec("paddle") is not None
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
 
 
 W = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2) - 7.25

@@ -18,6 +18,7 @@ from fixtures.make_checkpoint import deploy_reference_logits, reference_logits
 from tests.cnn_fixtures import cnn_models, cnn_reference  # noqa: F401  (fixtures)
 from tests.lod_bytes import lod_file
 from tests.test_fixture_script import read_lod_tensor
+from tests.predict import paddle_predict
 
 NAMES = list(MODELS)
 POSITIVE = [n for n in NAMES if not MODELS[n].negative]
@@ -35,26 +36,13 @@ def tolerance(ref):
 
 def run_inference(prefix, images):
     """The exported model under paddle.inference, IR passes off, as a deployment loads it."""
-    import paddle.inference as pi
-
     prog = prefix.with_suffix(".pdmodel")
     if not prog.is_file():
         prog = prefix.with_suffix(".json")
-    config = pi.Config(str(prog), str(prefix.with_suffix(".pdiparams")))
-    config.disable_gpu()
-    config.switch_ir_optim(False)
-    config.disable_glog_info()
     # Paddle 3.3.1: with oneDNN (the CPU default) every PIR interpolate op fails to run,
     # "ConvertPirAttribute2RuntimeAttribute not support ArrayAttribute<DoubleAttribute>"
     # (PaddlePaddle/Paddle#79749); legacy .pdmodel runs either way.
-    config.disable_onednn()
-    predictor = pi.create_predictor(config)
-    (name,) = predictor.get_input_names()
-    handle = predictor.get_input_handle(name)
-    handle.reshape(images.shape)
-    handle.copy_from_cpu(images)
-    predictor.run()
-    outs = [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+    outs, _ = paddle_predict(prog, prefix.with_suffix(".pdiparams"), images, ir_optim=False, onednn=False)
     return outs[0] if len(outs) == 1 else outs
 
 

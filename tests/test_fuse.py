@@ -15,20 +15,11 @@ from click.testing import CliRunner
 from acnet_convert.cli import cli
 from fixtures.make_checkpoint import reference_logits
 from tests.conftest import NUM_CLASSES, TEST_INPUT
+from tests.predict import paddle_predict
 
 
 def run_inference_model(out: Path, images: np.ndarray) -> np.ndarray:
-    import paddle.inference as pi
-
-    config = pi.Config(str(out / "inference.json"), str(out / "inference.pdiparams"))
-    config.disable_gpu()
-    config.disable_glog_info()
-    predictor = pi.create_predictor(config)
-    handle = predictor.get_input_handle("image")
-    handle.reshape(images.shape)
-    handle.copy_from_cpu(images)
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    return paddle_predict(out / "inference.json", out / "inference.pdiparams", images)[0][0]
 
 
 @pytest.mark.parametrize(

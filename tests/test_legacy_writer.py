@@ -19,32 +19,19 @@ from acnet_convert.lod_tensor import lod_tensor_bytes
 from fixtures.cnn_models import MODELS
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 from tests.conftest import TEST_INPUT
+from tests.predict import paddle_predict
 
 
 def run_predictor(program: Path, params: Path, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """paddle.inference on the CPU (IR optimisation off: Paddle 3.3.1's oneDNN conv fusion pass
     crashes on some valid programs, whichever format they come in)."""
-    import paddle.inference as pi
-
-    config = pi.Config(str(program), str(params))
-    config.disable_gpu()
-    config.disable_glog_info()
-    config.switch_ir_optim(False)
-    config.disable_mkldnn()
-    predictor = pi.create_predictor(config)
-    handle = predictor.get_input_handle(predictor.get_input_names()[0])
-    handle.reshape(images.shape)
-    handle.copy_from_cpu(images)
-    predictor.run()
-    names = predictor.get_output_names()
-    return predictor.get_output_handle(names[0]).copy_to_cpu(), names
+    outs, names = paddle_predict(program, params, images, ir_optim=False, onednn=False)
+    return outs[0], names
 
 
 @pytest.fixture(scope="module")
-def resnet18_both(checkpoints, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("legacy") / "resnet18"
-    fuse(checkpoints(18, "vars"), out, input_size=TEST_INPUT, paddle_format="both")
-    return out
+def resnet18_both(fused) -> Path:
+    return fused(18, "vars")  # auto writes both formats for a ResNet; shared, so read-only here
 
 
 def test_legacy_and_pir_models_compute_the_same_logits(resnet18_both: Path, images: np.ndarray) -> None:

@@ -20,6 +20,7 @@ from acnet_convert.errors import ConvertError
 from acnet_convert.graph import Graph
 from acnet_convert.onnx_writer import MAX_OPSET, MIN_OPSET, build_onnx, fp16_range_report, write_onnx
 from acnet_convert.program_reader import load_program, program_files, read_graph
+from tests.predict import paddle_predict
 
 TOL = 1e-5
 SIZE = 16
@@ -304,18 +305,7 @@ def graph_of(exported, name: str) -> Graph:
 def run_paddle(prefix: Path, images: np.ndarray) -> list[np.ndarray]:
     """paddle.inference on the exported program. oneDNN is off: Paddle 3.3's oneDNN
     interpolation kernels cannot read the `scale` attribute (NotImplementedError)."""
-    import paddle.inference as pi
-
-    config = pi.Config(f"{prefix}.json", f"{prefix}.pdiparams")
-    config.disable_glog_info()
-    config.switch_ir_optim(False)
-    config.disable_mkldnn()
-    predictor = pi.create_predictor(config)
-    handle = predictor.get_input_handle("image")
-    handle.reshape(images.shape)
-    handle.copy_from_cpu(images)
-    predictor.run()
-    return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+    return paddle_predict(f"{prefix}.json", f"{prefix}.pdiparams", images, ir_optim=False, onednn=False)[0]
 
 
 def run_onnx(model: onnx.ModelProto, images: np.ndarray) -> list[np.ndarray]:

@@ -14,7 +14,6 @@ ov = pytest.importorskip("openvino")
 from acnet_convert.convert import fuse  # noqa: E402
 from fixtures.cnn_models import MODELS  # noqa: E402
 from tests.cnn_fixtures import cnn_models  # noqa: E402,F401 - a fixture
-from tests.conftest import TEST_INPUT  # noqa: E402
 from tests.test_legacy_writer import run_predictor  # noqa: E402
 
 
@@ -37,9 +36,8 @@ def _agree(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("depth", [18, 50])
-def test_openvino_runs_the_legacy_resnet_model(checkpoints, images, tmp_path, depth: int) -> None:
-    out = tmp_path / f"resnet{depth}"
-    fuse(checkpoints(depth, "vars"), out, input_size=TEST_INPUT, paddle_format="both", onnx=True)
+def test_openvino_runs_the_legacy_resnet_model(fused, images, depth: int) -> None:
+    out = fused(depth, "vars", onnx=True)  # auto writes both formats for a ResNet
     openvino = run_openvino(out / "inference.pdmodel", images)
     onnx = run_onnx(out / "model.onnx", images)
     paddle_pir, _ = run_predictor(out / "inference.json", out / "inference.pdiparams", images)

@@ -13,26 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from acnet_convert import staging
-from acnet_convert.cli import cli
 from acnet_convert.errors import ConvertError
 from tests.conftest import TEST_INPUT
-
-
-def fuse(*args: object):
-    return CliRunner().invoke(cli, ["fuse", *map(str, args), "--input-size", str(TEST_INPUT)])
-
-
-def one_error(result, *needles: str) -> str:
-    assert result.exit_code == 3, result.output
-    lines = result.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
+from tests.test_hostile_inputs import assert_one_line_error as one_error, fuse
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

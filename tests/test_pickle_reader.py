@@ -23,16 +23,10 @@ from acnet_convert.checkpoint import read_checkpoint
 from acnet_convert.errors import ConvertError
 from acnet_convert import pickle_reader
 from acnet_convert.pickle_reader import _unpickle, load_pickle
-from tests.test_lod_tensor import FUZZ, mutated
+from tests.test_lod_tensor import FUZZ, mutated, write
 
 ROOT = Path(__file__).resolve().parents[1]
 W = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2) - 7.25
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
 
 
 def raw_unpickle(path: Path):
