@@ -165,13 +165,13 @@ def train_export_dir(ckpt: Path) -> Path:
 
 
 def _train_export_child(ckpt: Path, out: Path) -> None:
-    from acnet_convert.quiet import configure, import_paddle, silenced
+    from acnet_convert.common.quiet import configure, import_paddle, silenced
 
     configure(False)
     paddle = import_paddle()
-    from acnet_convert.checkpoint import read_checkpoint
-    from acnet_convert.models import train_model
-    from acnet_convert.validate import detect_plan
+    from acnet_convert.read.checkpoint import read_checkpoint
+    from acnet_convert.nn.models import train_model
+    from acnet_convert.read.validate import detect_plan
 
     checkpoint = read_checkpoint(ckpt)
     plan = detect_plan(checkpoint.tensors, str(ckpt))
@@ -239,10 +239,10 @@ def resnet_graph(depth: int, classes: int = 1000):
 def _graph_child(depth: int, classes: int, path: Path) -> None:
     import pickle
 
-    from acnet_convert.plan import resnet
-    from acnet_convert.plan_program import build_train_program
-    from acnet_convert.program_reader import read_graph
-    from acnet_convert.quiet import configure
+    from acnet_convert.nn.plan import resnet
+    from acnet_convert.read.plan_program import build_train_program
+    from acnet_convert.read.program_reader import read_graph
+    from acnet_convert.common.quiet import configure
 
     configure(False)
     plan = resnet(depth, classes)

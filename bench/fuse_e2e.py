@@ -48,22 +48,22 @@ TARGET_WALL_S = 10.0
 # wrapped phases it calls. "paddle import" is the execution of paddle/__init__.py, wherever it
 # happens (an import hook), and is excluded from the phase that triggered it.
 WRAPPED = (
-    ("read source", "acnet_convert.checkpoint", "read_checkpoint"),
-    ("read source", "acnet_convert.validate", "detect_plan"),
-    ("read source", "acnet_convert.validate", "check_tensors"),
-    ("read source", "acnet_convert.source", "load_program"),
-    ("build program", "acnet_convert.plan_program", "build_train_program"),
-    ("read graph", "acnet_convert.source", "read_graph"),
-    ("patterns", "acnet_convert.convert", "find_groups"),
-    ("fusion", "acnet_convert.convert", "fuse_graph"),
-    ("deploy graph", "acnet_convert.convert", "deploy_graph"),
-    ("deploy graph", "acnet_convert.convert", "graph_totals"),
-    ("manifest", "acnet_convert.convert", "new_manifest"),
-    ("manifest", "acnet_convert.artifacts", "Artifacts.write_manifest"),
-    ("paddle edit", "acnet_convert.paddle_writer", "apply_fusion"),
-    ("paddle save", "acnet_convert.paddle_writer", "save_program"),
-    ("legacy .pdmodel", "acnet_convert.legacy_writer", "write_legacy_program"),
-    ("deploy.pdparams", "acnet_convert.artifacts", "Artifacts.write_deploy_weights"),
+    ("read source", "acnet_convert.read.checkpoint", "read_checkpoint"),
+    ("read source", "acnet_convert.read.validate", "detect_plan"),
+    ("read source", "acnet_convert.read.validate", "check_tensors"),
+    ("read source", "acnet_convert.read.source", "load_program"),
+    ("build program", "acnet_convert.read.plan_program", "build_train_program"),
+    ("read graph", "acnet_convert.read.source", "read_graph"),
+    ("patterns", "acnet_convert.commands.fuse", "find_groups"),
+    ("fusion", "acnet_convert.commands.fuse", "fuse_graph"),
+    ("deploy graph", "acnet_convert.commands.fuse", "deploy_graph"),
+    ("deploy graph", "acnet_convert.commands.fuse", "graph_totals"),
+    ("manifest", "acnet_convert.commands.fuse", "new_manifest"),
+    ("manifest", "acnet_convert.out.artifacts", "Artifacts.write_manifest"),
+    ("paddle edit", "acnet_convert.write.pir", "apply_fusion"),
+    ("paddle save", "acnet_convert.write.pir", "save_program"),
+    ("legacy .pdmodel", "acnet_convert.write.legacy.writer", "write_legacy_program"),
+    ("deploy.pdparams", "acnet_convert.out.artifacts", "Artifacts.write_deploy_weights"),
 )
 PHASES = ("startup", "imports", "paddle import", "read source", "build program", "read graph", "patterns", "fusion",
           "deploy graph", "manifest", "paddle edit", "paddle save", "legacy .pdmodel", "deploy.pdparams",
@@ -155,7 +155,8 @@ def child(report: Path, cli_args: list[str]) -> None:
             return spec
 
     sys.meta_path.insert(0, PaddleImportTimer())
-    from acnet_convert import convert, source
+    from acnet_convert.commands import fuse as convert
+    from acnet_convert.read import source
 
     def read_graph(*args, **kwargs):  # the train weights' size, before fuse releases them
         graph = original_read_graph(*args, **kwargs)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Part 1: the numpy fusion pass on the ResNet-50 / ResNet-152 ACNet graph.
 
-Ours is what `fuse` runs: `acnet_convert.reparam.fuse_graph` over the groups that
+Ours is what `fuse` runs: `acnet_convert.graph.reparam.fuse_graph` over the groups that
 `patterns.find_groups` finds in the checkpoint's train graph (plan -> Paddle train program ->
 `read_graph`, the graph `fuse` reads; built once with Paddle in a child and cached, so this
 process never loads Paddle). float64 arithmetic, one cast at the end, plus the input / output
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from _common import Row, interleaved, median, note, paired_ratio, resnet_graph, run_part
 
-from acnet_convert.patterns import find_groups
-from acnet_convert.plan import BN_FIELDS, BRANCHES, Plan, resnet
-from acnet_convert.reparam import fuse_graph
+from acnet_convert.graph.patterns import find_groups
+from acnet_convert.nn.plan import BN_FIELDS, BRANCHES, Plan, resnet
+from acnet_convert.graph.reparam import fuse_graph
 
 EPS = 1e-5
 TARGET_R50_S = 0.2

@@ -52,7 +52,7 @@ CONFIG_TEXT = f"CPU, {THREADS} math threads, switch_ir_optim(True), enable_onedn
 
 
 def _jit_save(paddle, layer, prefix: Path) -> None:
-    from acnet_convert.quiet import silenced
+    from acnet_convert.common.quiet import silenced
 
     spec = paddle.static.InputSpec([None, 3, INPUT_SIZE, INPUT_SIZE], "float32", name="image")
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,7 @@ def models(ckpt: Path) -> dict[str, dict[str, Path]]:
     import hashlib
     import inspect
 
-    from acnet_convert.quiet import configure, import_paddle
+    from acnet_convert.common.quiet import configure, import_paddle
 
     configure(False)
     resnet = {"train": train_export_dir(ckpt), "deploy": deploy_dir(ckpt), "plain": CACHE / "plain_resnet50"}
@@ -151,7 +151,7 @@ class PaddlePredictor:
     """paddle.inference on the CPU with the benchmark's one Config; call it with a batch."""
 
     def __init__(self, model_dir: Path, threads: int = THREADS) -> None:
-        from acnet_convert.quiet import import_paddle
+        from acnet_convert.common.quiet import import_paddle
 
         import_paddle()
         import paddle.inference as pi

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from _common import Row, interleaved, median, note, resnet_graph, run_part
 
-from acnet_convert.graph import Graph, Node, TensorInfo
-from acnet_convert.patterns import find_groups
+from acnet_convert.graph.ir import Graph, Node, TensorInfo
+from acnet_convert.graph.patterns import find_groups
 
 CHAINS = (100, 200, 400, 800, 1600, 3200)
 TARGET_SLOPE = 1.2  # log-log slope of find_groups time vs node count (1 linear, 2 quadratic)

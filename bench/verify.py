@@ -76,16 +76,16 @@ def current(ckpt: Path) -> Path:
 def split_child(out: str, fold: bool) -> None:
     """In a child: Paddle's import, then verify() with its phase timings, as JSON on stdout."""
     start = time.perf_counter()
-    from acnet_convert import quiet
+    from acnet_convert.common import quiet
 
     quiet.configure(False)
     quiet.import_paddle()
     imported = time.perf_counter() - start
     if fold:
-        from acnet_convert import runners
+        from acnet_convert.verify import runners
 
         runners.BN_FOLDING_PASSES = ()
-    from acnet_convert.verify import verify
+    from acnet_convert.commands.verify import verify
 
     report = verify(Path(out), batch_size=8, batches=8, device="cpu")
     print(json.dumps({"paddle import": imported, **report.timings, "ok": report.ok}))

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("build/any_cnn"))
     args = parser.parse_args(argv)
 
-    from acnet_convert import quiet
+    from acnet_convert.common import quiet
 
     paddle = quiet.import_paddle()
     from paddle.vision.models import mobilenet_v2

@@ -5,7 +5,7 @@
 The data set is synthetic (no download): 32x32 images of four textures (horizontal stripes,
 vertical stripes, a checkerboard, a centred blob) with random phase, colour and noise. The
 script prints the accuracy of the trained ACNet, of the same network after
-`acnet_convert.nn.reparameterize`, and of the deploy model `acnet-convert fuse` writes.
+`acnet_convert.nn.blocks.reparameterize`, and of the deploy model `acnet-convert fuse` writes.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acnet_convert import quiet
+from acnet_convert.common import quiet
 
 CLASSES = ("horizontal", "vertical", "checker", "blob")
 SIZE = 32
@@ -46,7 +46,7 @@ def accuracy(predict, images: np.ndarray, labels: np.ndarray) -> float:
 def train(steps: int, ckpt_dir: Path, batch_size: int = 32, seed: int = 0, log=print):
     """Train, then `paddle.save(model.state_dict(), ckpt_dir/model.pdparams)`; returns the model."""
     paddle = quiet.import_paddle()
-    from acnet_convert.models import resnet18_acnet
+    from acnet_convert.nn.models import resnet18_acnet
 
     paddle.seed(seed)
     rng = np.random.default_rng(seed)
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet.configure(verbose=False)
     paddle = quiet.import_paddle()
-    from acnet_convert.convert import fuse
+    from acnet_convert.commands.fuse import fuse
     from acnet_convert.nn import reparameterize
-    from acnet_convert.verify import verify
+    from acnet_convert.commands.verify import verify
 
     ckpt, out = args.out / "ckpt", args.out / "deploy"
     model = train(args.steps, ckpt)

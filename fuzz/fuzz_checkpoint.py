@@ -1,4 +1,4 @@
-"""atheris fuzz target for acnet_convert.checkpoint.read_checkpoint, the function `fuse` (and
+"""atheris fuzz target for acnet_convert.read.checkpoint.read_checkpoint, the function `fuse` (and
 `inspect`, `verify`) calls on SOURCE.
 
 Each input is written to a temporary folder twice and read the two ways a checkpoint arrives: as
@@ -24,8 +24,8 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 with atheris.instrument_imports(include=["acnet_convert"]):
-    from acnet_convert.checkpoint import read_checkpoint
-    from acnet_convert.errors import ConvertError
+    from acnet_convert.read.checkpoint import read_checkpoint
+    from acnet_convert.common.errors import ConvertError
 
 import numpy as np  # noqa: E402  (not instrumented)
 

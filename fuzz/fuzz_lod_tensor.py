@@ -1,4 +1,4 @@
-"""atheris fuzz target for acnet_convert.lod_tensor.read_lod_tensor (the parser alone, fast; the
+"""atheris fuzz target for acnet_convert.read.lod_tensor.read_lod_tensor (the parser alone, fast; the
 function `fuse` calls is fuzzed by fuzz_checkpoint.py).
 
 Any exception other than ConvertError is a finding, as is a returned array that is not a
@@ -20,8 +20,8 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 with atheris.instrument_imports(include=["acnet_convert"]):
-    from acnet_convert.lod_tensor import read_lod_tensor
-    from acnet_convert.errors import ConvertError
+    from acnet_convert.read.lod_tensor import read_lod_tensor
+    from acnet_convert.common.errors import ConvertError
 
 import numpy as np  # noqa: E402  (not instrumented)
 

@@ -36,7 +36,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def fused(checkpoints, tmp_path_factory: pytest.TempPathFactory):
     """fused(depth, fmt, legacy_bias=False, onnx=False) -> OUT directory of `fuse`, cached."""
-    from acnet_convert.convert import fuse
+    from acnet_convert.commands.fuse import fuse
 
     root = tmp_path_factory.mktemp("out")
     made: dict[tuple, Path] = {}

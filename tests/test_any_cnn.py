@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from acnet_convert.cli import cli
-from acnet_convert.program_reader import load_program, program_files, read_graph
+from acnet_convert.read.program import load_program, program_files
+from acnet_convert.read.program_reader import read_graph
 from fixtures.cnn_models import MODELS
 from tests.cnn_fixtures import cnn_models, cnn_reference  # noqa: F401 - fixtures
 from tests.predict import paddle_predict

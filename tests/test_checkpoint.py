@@ -1,4 +1,4 @@
-"""Tests for acnet_convert.checkpoint: finding a checkpoint and reading it in either format.
+"""Tests for acnet_convert.read.checkpoint: finding a checkpoint and reading it in either format.
 
 The formats' own readers are tested in test_lod_tensor.py and test_pickle_reader.py."""
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acnet_convert import checkpoint as checkpoint_module
-from acnet_convert.checkpoint import is_training_state, read_checkpoint
-from acnet_convert.errors import ConvertError
-from acnet_convert.pickle_reader import load_pickle
+from acnet_convert.read import checkpoint as checkpoint_module
+from acnet_convert.read.checkpoint import is_training_state, read_checkpoint
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.read.pickle_reader import load_pickle
 from tests.lod_bytes import lod_file
 from tests.test_pickle_reader import raw_unpickle
 from tests.test_lod_tensor import write
@@ -196,8 +196,8 @@ def test_is_training_state(name, state):
 
 
 def test_does_not_import_paddle():
-    code = ("import sys, time; t = time.perf_counter(); import acnet_convert.checkpoint; "
-            "import acnet_convert.lod_tensor, acnet_convert.pickle_reader; "
+    code = ("import sys, time; t = time.perf_counter(); import acnet_convert.read.checkpoint; "
+            "import acnet_convert.read.lod_tensor, acnet_convert.read.pickle_reader; "
             "assert 'paddle' not in sys.modules, 'paddle imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
@@ -276,8 +276,8 @@ def _sparse(path: Path, head: bytes, size: int) -> Path:
 def _read_in_child(ckpt: Path, setup: str = "", timeout: float = 60) -> str:
     """read_checkpoint(ckpt) in a child process (a regression hangs or reads a terabyte, so
     the child is killed after `timeout`); returns what it printed: the error or 'ok SHA256'."""
-    code = "import sys, time\nfrom acnet_convert import checkpoint\n" + textwrap.dedent(setup) + textwrap.dedent("""
-        from acnet_convert.errors import ConvertError
+    code = "import sys, time\nfrom acnet_convert.read import checkpoint\n" + textwrap.dedent(setup) + textwrap.dedent("""
+        from acnet_convert.common.errors import ConvertError
         t = time.perf_counter()
         try:
             ck = checkpoint.read_checkpoint(sys.argv[1])

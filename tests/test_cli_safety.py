@@ -112,7 +112,7 @@ def test_verbose_internal_error_exits_4_with_the_traceback(monkeypatch) -> None:
     def bug(*_args, **_kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("acnet_convert.describe.describe", bug)
+    monkeypatch.setattr("acnet_convert.commands.describe.describe", bug)
     result = run("-v", "inspect", "anything")
     assert result.exit_code == 4, result.output
     assert "Traceback" in result.output and result.output.strip().splitlines()[-1] == "internal error: RuntimeError: a bug"
@@ -140,7 +140,7 @@ def test_input_errors_from_the_standard_library_are_exit_3(monkeypatch, error: B
     def fail(*_args, **_kwargs):
         raise error
 
-    monkeypatch.setattr("acnet_convert.describe.describe", fail)
+    monkeypatch.setattr("acnet_convert.commands.describe.describe", fail)
     result = run("inspect", "anything")
     one_error(result)
     assert result.output.strip().splitlines() == [line]
@@ -190,7 +190,7 @@ def test_json_report_path_is_checked_before_the_run(fused, checkpoints, tmp_path
     def never(*_args, **_kwargs):
         raise AssertionError("verify ran before its --json path was checked")
 
-    monkeypatch.setattr("acnet_convert.verify.verify", never)
+    monkeypatch.setattr("acnet_convert.commands.verify.verify", never)
     out = fused(18, "vars")
     manifest = (out / "manifest.json").read_bytes()
     one_error(run("verify", out, "--json", "/proc/report.json"), "/proc/report.json")
@@ -253,7 +253,7 @@ def test_images_that_memory_cannot_hold_are_refused_before_the_run(fused, monkey
     def never(*_args, **_kwargs):
         raise AssertionError("verify ran")
 
-    monkeypatch.setattr("acnet_convert.verify.verify", never)
+    monkeypatch.setattr("acnet_convert.commands.verify.verify", never)
     one_error(run("verify", fused(18, "vars"), "--batches", "100000"), "--batches 100000", "at most")
 
 

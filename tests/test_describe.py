@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from acnet_convert.checkpoint import read_checkpoint
+from acnet_convert.read.checkpoint import read_checkpoint
 from acnet_convert.cli import cli
-from acnet_convert.describe import ROW_KEYS, plan_rows
-from acnet_convert.plan import resnet
+from acnet_convert.commands.describe import ROW_KEYS, plan_rows
+from acnet_convert.nn.plan import resnet
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 from tests.conftest import NUM_CLASSES, TEST_INPUT
 
@@ -179,7 +179,7 @@ def test_entry_point_and_no_paddle_import(checkpoints, fused) -> None:
 
     code = (
         "import sys\n"
-        "from acnet_convert.describe import describe, format_report\n"
+        "from acnet_convert.commands.describe import describe, format_report\n"
         f"for path in ({str(ckpt)!r}, {str(out)!r}):\n"
         "    format_report(describe(path))\n"
         "assert 'paddle' not in sys.modules, 'paddle was imported'\n"

@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from acnet_convert import device
-from acnet_convert.device import CPU_PROVIDER, CUDA_PROVIDER, detect_gpu, driver_gpus, resolve_device
-from acnet_convert.errors import ConvertError
+from acnet_convert.verify import device
+from acnet_convert.verify.device import CPU_PROVIDER, CUDA_PROVIDER, detect_gpu, driver_gpus, resolve_device
+from acnet_convert.common.errors import ConvertError
 
 BOTH = [CUDA_PROVIDER, CPU_PROVIDER]
 
@@ -125,7 +125,7 @@ def test_real_machine_never_asks_ort_for_cuda_without_a_gpu(monkeypatch, tmp_pat
     """On this machine (no GPU, onnxruntime-gpu installed), the real detection keeps ORT on the CPU."""
     import numpy as np
 
-    from acnet_convert.runners import onnx_session
+    from acnet_convert.verify.runners import onnx_session
 
     present, reason = detect_gpu()
     if present:

@@ -1,5 +1,5 @@
 """Today's Paddle users train in dygraph: a `paddle.save(model.state_dict())` checkpoint of
-`acnet_convert.models.resnet18_acnet` is a first-class input of `fuse` and `verify`."""
+`acnet_convert.nn.models.resnet18_acnet` is a first-class input of `fuse` and `verify`."""
 from __future__ import annotations
 
 import json
@@ -41,8 +41,8 @@ def test_state_dict_keys_map_to_legacy_names(dygraph_ckpt: Path) -> None:
     name their parameters like resnet_acnet.py, so the table is the mapping rule."""
     import pickle
 
-    from acnet_convert.checkpoint import read_checkpoint
-    from acnet_convert.plan import resnet
+    from acnet_convert.read.checkpoint import read_checkpoint
+    from acnet_convert.nn.plan import resnet
 
     with open(dygraph_ckpt / "model.pdparams", "rb") as f:
         raw = pickle.load(f)
@@ -59,7 +59,7 @@ def test_deploy_weights_load_into_the_dygraph_deploy_model(dygraph_ckpt: Path, t
     import numpy as np
     import paddle
 
-    from acnet_convert.models import resnet18_acnet
+    from acnet_convert.nn.models import resnet18_acnet
 
     out = tmp_path / "out"
     assert CliRunner().invoke(cli, ["fuse", str(dygraph_ckpt), str(out), "--input-size", str(SIZE),

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from acnet_convert.cli import cli
-from acnet_convert.lod_tensor import read_lod_tensor, write_lod_tensor
+from acnet_convert.read.lod_tensor import read_lod_tensor, write_lod_tensor
 from fixtures.make_checkpoint import reference_logits
 from tests.conftest import NUM_CLASSES, TEST_INPUT
 from tests.test_legacy_writer import run_predictor

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from acnet_convert.fusion import BatchNorm, fold_bn, fuse_acb, identity_kernel, sum_branches
+from acnet_convert.fold.fusion import BatchNorm, fold_bn, fuse_acb, identity_kernel, sum_branches
 from tests.numpy_conv import batch_norm, conv2d
 
 

@@ -197,7 +197,7 @@ def test_disk_full_keeps_existing_out(checkpoints, fused, tmp_path: Path, monkey
     def no_space(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("acnet_convert.artifacts.Artifacts.write_deploy_weights", no_space)
+    monkeypatch.setattr("acnet_convert.out.artifacts.Artifacts.write_deploy_weights", no_space)
     assert_one_line_error(fuse(checkpoints(18, "vars"), out, "--force"), str(out), "No space left")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert_nothing_written(tmp_path, "out")

@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from acnet_convert.artifacts import Artifacts
+from acnet_convert.out.artifacts import Artifacts
 from acnet_convert.cli import cli
-from acnet_convert.deploy_config import Preprocess, default_preprocess, write_inference_config
-from acnet_convert.errors import ConvertError
-from acnet_convert.images import Batches, ImageSet, load_image, read_labels
-from acnet_convert.verify import verify
+from acnet_convert.out.deploy_config import Preprocess, default_preprocess, write_inference_config
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.verify.images import Batches, ImageSet, load_image, read_labels
+from acnet_convert.commands.verify import verify
 from tests.conftest import NUM_CLASSES, TEST_INPUT
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -190,7 +190,7 @@ def test_a_fifo_named_like_an_image_is_skipped_not_waited_for(tmp_path) -> None:
 def test_batches_are_decoded_lazily(tmp_path, monkeypatch) -> None:
     image_folder(tmp_path / "imgs", classes=2, per_class=5)
     decoded: list[str] = []
-    import acnet_convert.images as images_module
+    import acnet_convert.verify.images as images_module
 
     real = images_module.load_image
 

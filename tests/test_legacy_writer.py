@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from acnet_convert import legacy_ops, legacy_writer
+from acnet_convert.write.legacy import ops as legacy_ops
+from acnet_convert.write.legacy import writer as legacy_writer
 from acnet_convert.cli import cli
-from acnet_convert.convert import fuse
-from acnet_convert.errors import ConvertError
-from acnet_convert.graph import Graph, Node, TensorInfo
-from acnet_convert.lod_tensor import lod_tensor_bytes
+from acnet_convert.commands.fuse import fuse
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.graph.ir import Graph, Node, TensorInfo
+from acnet_convert.read.lod_tensor import lod_tensor_bytes
 from fixtures.cnn_models import MODELS
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 from tests.conftest import TEST_INPUT
@@ -187,7 +188,7 @@ def test_a_batch_norm_reading_another_batch_norms_running_statistics_is_written(
 
 
 def test_auto_format_writes_pir_with_a_warning_when_an_op_has_no_legacy_form() -> None:
-    from acnet_convert.convert import _formats
+    from acnet_convert.commands.fuse import _formats
 
     graph = Graph(
         nodes=[Node("argmax", ("image",), ("y",), {"axis": 1, "keepdims": False, "flatten": False, "dtype": "int64"})],

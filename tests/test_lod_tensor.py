@@ -1,4 +1,4 @@
-"""Tests for acnet_convert.lod_tensor: Paddle's serialized LoDTensor, read and written."""
+"""Tests for acnet_convert.read.lod_tensor: Paddle's serialized LoDTensor, read and written."""
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from acnet_convert.errors import ConvertError
-from acnet_convert.lod_tensor import lod_tensor_bytes, read_lod_tensor, write_lod_tensor
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.read.lod_tensor import lod_tensor_bytes, read_lod_tensor, write_lod_tensor
 from tests.lod_bytes import CODES, desc, lod_file
 
 HAVE_PADDLE = importlib.util.find_spec("paddle") is not None

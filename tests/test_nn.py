@@ -10,7 +10,7 @@ import paddle
 import pytest
 from paddle import nn
 
-from acnet_convert.models import resnet18_acnet, resnet50_acnet
+from acnet_convert.nn.models import resnet18_acnet, resnet50_acnet
 from acnet_convert.nn import ACBlock, ConvBN, reparameterize
 from tests.numpy_conv import batch_norm, conv2d
 

@@ -15,11 +15,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from acnet_convert import onnx_ops
-from acnet_convert.errors import ConvertError
-from acnet_convert.graph import Graph
-from acnet_convert.onnx_writer import MAX_OPSET, MIN_OPSET, build_onnx, fp16_range_report, write_onnx
-from acnet_convert.program_reader import load_program, program_files, read_graph
+from acnet_convert.write.onnx import ops as onnx_ops
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.graph.ir import Graph
+from acnet_convert.write.onnx.writer import MAX_OPSET, MIN_OPSET, build_onnx, fp16_range_report, write_onnx
+from acnet_convert.read.program import load_program, program_files
+from acnet_convert.read.program_reader import read_graph
 from tests.predict import paddle_predict
 
 TOL = 1e-5

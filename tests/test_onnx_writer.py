@@ -12,9 +12,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from acnet_convert.errors import ConvertError
-from acnet_convert.onnx_writer import MAX_OPSET, MIN_OPSET, build_onnx, write_onnx
-from acnet_convert.program_reader import load_program, program_files, read_graph
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.write.onnx.writer import MAX_OPSET, MIN_OPSET, build_onnx, write_onnx
+from acnet_convert.read.program import load_program, program_files
+from acnet_convert.read.program_reader import read_graph
 from fixtures.make_checkpoint import reference_logits
 from tests.conftest import NUM_CLASSES, TEST_INPUT
 

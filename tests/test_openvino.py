@@ -11,7 +11,7 @@ import pytest
 
 ov = pytest.importorskip("openvino")
 
-from acnet_convert.convert import fuse  # noqa: E402
+from acnet_convert.commands.fuse import fuse  # noqa: E402
 from fixtures.cnn_models import MODELS  # noqa: E402
 from tests.cnn_fixtures import cnn_models  # noqa: E402,F401 - a fixture
 from tests.test_legacy_writer import run_predictor  # noqa: E402

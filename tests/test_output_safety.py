@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from acnet_convert import staging
-from acnet_convert.errors import ConvertError
+from acnet_convert.out import staging
+from acnet_convert.common.errors import ConvertError
 from tests.conftest import TEST_INPUT
 from tests.test_hostile_inputs import assert_one_line_error as one_error, fuse
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from acnet_convert.graph import Graph, Node, TensorInfo
-from acnet_convert.patterns import find_groups
-from acnet_convert.reparam import deploy_graph, fuse_graph
+from acnet_convert.graph.ir import Graph, Node, TensorInfo
+from acnet_convert.graph.patterns import find_groups
+from acnet_convert.graph.reparam import deploy_graph, fuse_graph
 from tests.numpy_conv import batch_norm, conv2d
 
 H = W = 12

@@ -1,4 +1,4 @@
-"""Tests for acnet_convert.pickle_reader: the restricted unpickler of `.pdparams` files, what it
+"""Tests for acnet_convert.read.pickle_reader: the restricted unpickler of `.pdparams` files, what it
 admits, what it refuses, and what a hostile file may cost."""
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from acnet_convert.checkpoint import read_checkpoint
-from acnet_convert.errors import ConvertError
-from acnet_convert import pickle_reader
-from acnet_convert.pickle_reader import _unpickle, load_pickle
+from acnet_convert.read.checkpoint import read_checkpoint
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.read import pickle_bounds
+from acnet_convert.read.pickle_reader import _unpickle, load_pickle
 from tests.test_lod_tensor import FUZZ, mutated, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,8 +214,8 @@ def test_pickle_malformed_dtype_states_are_refused(tmp_path, state):
 def test_pickle_numpy_dtype_segfault_regression(tmp_path):
     # in a subprocess: before the fix this killed the interpreter (SIGSEGV)
     p = _ck(tmp_path, NUMPY_DTYPE_SEGFAULT)
-    code = ("import sys; from acnet_convert.pickle_reader import load_pickle\n"
-            "from acnet_convert.errors import ConvertError\n"
+    code = ("import sys; from acnet_convert.read.pickle_reader import load_pickle\n"
+            "from acnet_convert.common.errors import ConvertError\n"
             "try:\n    load_pickle(sys.argv[1])\nexcept ConvertError as e:\n    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code, str(p)], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
@@ -290,8 +290,8 @@ SELF_HOLDING_LIST = b"\x80\x04}X\x01\x00\x00\x00w]\x94h\x00as."  # w = l; l.appe
 ])
 def test_deep_nesting_is_refused_in_one_line_not_a_crash(tmp_path, blob, why):
     p = write(tmp_path / "model.pdparams", blob)
-    code = ("import sys; from acnet_convert.checkpoint import read_checkpoint\n"
-            "from acnet_convert.errors import ConvertError\n"
+    code = ("import sys; from acnet_convert.read.checkpoint import read_checkpoint\n"
+            "from acnet_convert.common.errors import ConvertError\n"
             "try:\n    read_checkpoint(sys.argv[1])\nexcept ConvertError as e:\n    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)  # in a child: the old reader killed the interpreter
@@ -313,7 +313,7 @@ def _peak(fn):
 
 
 # what any pickle may cost beyond 4x its size and the arrays it returns: the reader's buffers
-SLACK = pickle_reader.BUDGET_SLACK + 512 * 1024  # the reader's constant allowance, and its own buffers
+SLACK = pickle_bounds.BUDGET_SLACK + 512 * 1024  # the reader's constant allowance, and its own buffers
 
 
 def _assert_bounded(path: Path, seconds: float = 5.0, factor: int = 4):
@@ -365,7 +365,7 @@ def test_one_string_encoded_many_times_runs_out_of_budget(tmp_path):
     # protocol-2 data is _codecs.encode(str, "latin1"): one memoized str, encoded 1,000 times
     text = "x" * 60_000
     blob = pickle.dumps({f"k{i}": _Reduce(_codecs_encode, (text, "latin1")) for i in range(1000)}, protocol=2)
-    e = _assert_bounded(write(tmp_path / "m.pdparams", blob), factor=pickle_reader.BUDGET_FACTOR)
+    e = _assert_bounded(write(tmp_path / "m.pdparams", blob), factor=pickle_bounds.BUDGET_FACTOR)
     assert isinstance(e, ConvertError) and "it builds more than" in str(e)
 
 
@@ -395,7 +395,7 @@ def test_int_keys_that_collide_in_the_hash_are_refused_at_once(tmp_path, n):
 def test_a_megabyte_of_small_objects_stays_within_budget(tmp_path, unit):
     # one opcode per byte or two; the old reader built them all (about 70 bytes each)
     blob = b"\x80\x04N" + unit * (1_000_000 // len(unit)) + b"."
-    e = _assert_bounded(write(tmp_path / "m.pdparams", blob), factor=pickle_reader.BUDGET_FACTOR)
+    e = _assert_bounded(write(tmp_path / "m.pdparams", blob), factor=pickle_bounds.BUDGET_FACTOR)
     assert isinstance(e, ConvertError), e  # over its budget, or not a dict of arrays: bounded either way
 
 

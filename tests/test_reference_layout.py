@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from acnet_convert.cli import cli
-from acnet_convert.lod_tensor import read_lod_tensor
+from acnet_convert.read.lod_tensor import read_lod_tensor
 from fixtures.make_checkpoint import deploy_reference_logits, reference_logits
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 from tests.conftest import NUM_CLASSES, TEST_INPUT

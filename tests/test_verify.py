@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from acnet_convert import verdict, verify_report
-from acnet_convert.artifacts import Artifacts
+from acnet_convert.verify import verdict
+from acnet_convert.verify import report as verify_report
+from acnet_convert.out.artifacts import Artifacts
 from acnet_convert.cli import cli
-from acnet_convert.convert import fuse
-from acnet_convert.device import resolve_device
-from acnet_convert.errors import ConvertError
-from acnet_convert.export import export_onnx
-from acnet_convert.verify import verify
-from acnet_convert.verify_report import VerifyReport
+from acnet_convert.commands.fuse import fuse
+from acnet_convert.verify.device import resolve_device
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.commands.export_onnx import export_onnx
+from acnet_convert.commands.verify import verify
+from acnet_convert.verify.report import VerifyReport
 from tests.cnn_fixtures import cnn_models  # noqa: F401,F811 - a fixture
 from tests.conftest import NUM_CLASSES, TEST_INPUT
 
@@ -93,8 +94,8 @@ def test_resnet18_every_graph_agrees(out18, ort_providers_asked) -> None:
 
 
 def _train_logits(ckpt: Path, images: np.ndarray, tmp: Path) -> np.ndarray:
-    from acnet_convert.runners import train_files, train_runner
-    from acnet_convert.source import open_source
+    from acnet_convert.verify.runners import train_files, train_runner
+    from acnet_convert.read.source import open_source
 
     source = open_source(ckpt, input_size=images.shape[-1])
     files = train_files(source, tmp)
@@ -151,8 +152,8 @@ def _rewrite_inference_params(out: Path, changes: dict[str, np.ndarray]) -> None
     """Change tensors of OUT/inference.pdiparams only (Paddle loads and saves it)."""
     import paddle
 
-    from acnet_convert.paddle_writer import save_program
-    from acnet_convert.program_reader import load_program
+    from acnet_convert.write.pir import save_program
+    from acnet_convert.read.program import load_program
 
     artifacts = Artifacts(out)
     program = load_program(artifacts.program("pir"), artifacts.params)
@@ -313,7 +314,7 @@ def test_inputs_file(out18, tmp_path) -> None:
 
 
 def test_device_gpu_without_gpu_is_refused(out18) -> None:
-    from acnet_convert.device import detect_gpu
+    from acnet_convert.verify.device import detect_gpu
 
     if detect_gpu()[0]:
         pytest.skip("this machine has a CUDA GPU")
@@ -364,8 +365,8 @@ def test_train_graph_keeps_every_batchnorm(out18, tmp_path) -> None:
     Paddle's optimised program, saved, still holds every batch_norm."""
     from paddle import inference
 
-    from acnet_convert.runners import predictor_config, train_files
-    from acnet_convert.source import open_source
+    from acnet_convert.verify.runners import predictor_config, train_files
+    from acnet_convert.read.source import open_source
 
     source = open_source(Artifacts(out18).read_manifest().source.path, input_size=TEST_INPUT)
     bns = sum(node.op == "batch_norm" for node in source.graph.nodes)
@@ -429,7 +430,7 @@ def test_inputs_of_any_size_for_a_model_of_dynamic_size(tmp_path) -> None:
     (the checkpoint fixture) keeps refusing another size (test_inputs_file)."""
     import paddle
 
-    from acnet_convert.convert import fuse
+    from acnet_convert.commands.fuse import fuse
 
     class Net(paddle.nn.Layer):
         def __init__(self) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from acnet_convert.artifacts import Artifacts
-from acnet_convert.deploy_config import (
+from acnet_convert.out.artifacts import Artifacts
+from acnet_convert.out.deploy_config import (
     DeployConfig,
     Preprocess,
     default_preprocess,
@@ -16,7 +16,7 @@ from acnet_convert.deploy_config import (
     render,
     write_inference_config,
 )
-from acnet_convert.errors import ConvertError
+from acnet_convert.common.errors import ConvertError
 
 # the layout of PaddleClas's deploy/configs/inference_cls.yaml, as its predict_cls.py reads it
 PADDLECLAS = """\

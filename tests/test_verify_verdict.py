@@ -21,9 +21,9 @@ from typing import Mapping
 import numpy as np
 import pytest
 
-from acnet_convert.artifacts import Artifacts
-from acnet_convert.verify import verify
-from acnet_convert.verdict import FP16_RTOL, PairStats, compare, tolerance_ratio
+from acnet_convert.out.artifacts import Artifacts
+from acnet_convert.commands.verify import verify
+from acnet_convert.verify.verdict import FP16_RTOL, PairStats, compare, tolerance_ratio
 from fixtures.cnn_models import MODELS
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 
@@ -97,7 +97,7 @@ def test_fp16_pairs_get_the_fp16_tolerance() -> None:
 
 
 def _report(pairs):
-    from acnet_convert.verify_report import SourceInfo, VerifyReport
+    from acnet_convert.verify.report import SourceInfo, VerifyReport
 
     return VerifyReport(device="cpu", arch=None, num_classes=None, input_size=32, images=4, inputs="random",
                         atol=1e-4, rtol=1e-5, source=SourceInfo("m", "program", "0" * 64, True), graphs=[],
@@ -165,9 +165,9 @@ def rewrite_deploy_tensors(src: Path, dst: Path, changes: Mapping[str, np.ndarra
     again from the rewritten program)."""
     import paddle
 
-    from acnet_convert.export import export_onnx
-    from acnet_convert.paddle_writer import save_program
-    from acnet_convert.program_reader import load_program
+    from acnet_convert.commands.export_onnx import export_onnx
+    from acnet_convert.write.pir import save_program
+    from acnet_convert.read.program import load_program
 
     shutil.copytree(src, dst)
     artifacts = Artifacts(dst)
@@ -190,7 +190,7 @@ def rewrite_deploy_tensors(src: Path, dst: Path, changes: Mapping[str, np.ndarra
 def biased(fused, checkpoints):
     """ResNet-18 (legacy pre-BN biases), trained 3 steps, fused with model.onnx; its manifest
     rows, deploy tensors and source weights."""
-    from acnet_convert.source import open_source
+    from acnet_convert.read.source import open_source
 
     out = fused(18, "vars", legacy_bias=True, onnx=True)
     artifacts = Artifacts(out)
@@ -290,7 +290,7 @@ def _dygraph_checkpoint(depth: int, folder: Path, calibrate: bool = False, size:
     calibrated: BN statistics of one batch (momentum 0, train mode), then perturbed by 10%."""
     import paddle
 
-    from acnet_convert import models
+    from acnet_convert.nn import models
 
     paddle.seed(depth)
     model = getattr(models, f"resnet{depth}_acnet")(num_classes=1000)
@@ -312,7 +312,7 @@ def _dygraph_checkpoint(depth: int, folder: Path, calibrate: bool = False, size:
 
 
 def test_untrained_resnet50_with_huge_logits_passes(tmp_path) -> None:
-    from acnet_convert.convert import fuse
+    from acnet_convert.commands.fuse import fuse
 
     fuse(_dygraph_checkpoint(50, tmp_path / "ckpt"), tmp_path / "out", input_size=64, onnx=True)
     report = verify(tmp_path / "out", batch_size=2, batches=1, per_layer=True)
@@ -327,7 +327,7 @@ def test_deep_resnets_at_224_pass(tmp_path, depth: int, calibrate: bool) -> None
     twin by 6e-5..8e-5 of the largest logit (~5), beyond rtol 1e-5, and Paddle and ONNX Runtime
     running the same fused weights differ as much. Its measured noise floor widens the rtol, so
     it passes at the defaults too, and the report says by how much the tolerance was widened."""
-    from acnet_convert.convert import fuse
+    from acnet_convert.commands.fuse import fuse
 
     fuse(_dygraph_checkpoint(depth, tmp_path / "ckpt", calibrate), tmp_path / "out", input_size=224, onnx=True,
          paddle_format="pir")
@@ -342,7 +342,7 @@ def test_deep_resnets_at_224_pass(tmp_path, depth: int, calibrate: bool) -> None
 
 @pytest.fixture(scope="module")
 def fused_programs(cnn_models, tmp_path_factory):  # noqa: F811 - the fixture is imported above
-    from acnet_convert.convert import fuse
+    from acnet_convert.commands.fuse import fuse
 
     root = tmp_path_factory.mktemp("verify_cnn")
 

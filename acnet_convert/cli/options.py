@@ -1,0 +1,73 @@
+"""The bounds of the CLI's options, and the checks made on them before any work."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.out import destination
+from acnet_convert.out.artifacts import ONNX_MODEL
+
+
+class _FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses NaN (which compares false with both bounds)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        result = super().convert(value, param, ctx)
+        if math.isnan(result):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return result
+
+
+ARCH_CHOICES = ["auto", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+
+# What Paddle and memory can honour. The manifest reader (artifacts) accepts input sizes to
+# 8192 and class counts to 2**24; verify's images are bounded again by pixels, below.
+INPUT_SIZE = click.IntRange(32, 8192)
+NUM_CLASSES = click.IntRange(1, 1 << 24)
+BATCH_SIZE = click.IntRange(1, 4096)
+BATCHES = click.IntRange(1, 100_000)
+SEED = click.IntRange(0, 2**32 - 1)
+TOLERANCE = _FiniteFloat(0.0, 1e6)
+BATCH_PIXELS = 1 << 24  # per batch: 16.7 Mpx, 200 MB of float32 input (334 images at 224)
+TOTAL_PIXELS = 1 << 27  # random inputs in all: 134 Mpx, 1.6 GB (2674 images at 224)
+
+
+def check_verify_budget(input_size: int, batch_size: int, batches: int, from_file: bool) -> None:
+    """Refuse, before any work, image counts that memory cannot hold."""
+    per_image = input_size * input_size
+    if batch_size * per_image > BATCH_PIXELS:
+        raise ConvertError(f"--batch-size {batch_size} of {input_size}x{input_size} images is more than one batch "
+                           f"may hold: at most {max(1, BATCH_PIXELS // per_image)}")
+    if not from_file and batches * batch_size * per_image > TOTAL_PIXELS:
+        raise ConvertError(f"--batches {batches} x --batch-size {batch_size} of {input_size}x{input_size} images is "
+                           f"more than one run may hold: at most {max(1, TOTAL_PIXELS // per_image)} images")
+
+
+def fuse_output_files(out_dir: Path) -> list[Path]:
+    """The files of OUT that export-onnx and verify read (and must not overwrite)."""
+    return [out_dir / name for name in sorted(destination.fuse_file_names() - {ONNX_MODEL})]
+
+
+def source_files(manifest: Any) -> list[Path]:
+    """The source fuse read (never overwritten): for a program, its parameters beside it too."""
+    path = Path(manifest.source.path)
+    return [path, path.with_suffix(".pdiparams")] if manifest.source.kind == "program" else [path]
+
+
+
+
+def three_floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    """'0.485,0.456,0.406' -> three finite floats (R, G, B)."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
+        raise click.BadParameter("expected three numbers R,G,B, e.g. 0.485,0.456,0.406", ctx, param)
+    return numbers

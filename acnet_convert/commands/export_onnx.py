@@ -1,0 +1,84 @@
+"""`export-onnx`: the deploy Paddle program in OUT/, read back as a graph, translated to ONNX.
+
+`fuse --onnx` calls the same function on its staging folder, so the ONNX file is always a
+translation of the deploy program as written, whichever command made it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from acnet_convert.out.artifacts import Artifacts, Manifest
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.text import printable
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    path: Path
+    opset: int
+    fp16: bool
+    underflow: int  # with fp16: nonzero weight values that become 0 in float16
+    values: int  # float weight values in all
+
+
+def onnx_metadata(manifest: Manifest) -> dict[str, str]:
+    """The model's metadata_props: what it was made from and by which tool."""
+    return {
+        "arch": manifest.arch or "",
+        "num_classes": "" if manifest.num_classes is None else str(manifest.num_classes),
+        "input_size": str(manifest.input_size),
+        "source_path": manifest.source.path,
+        "source_sha256": manifest.source.sha256,
+        "source_format": manifest.source.format,
+        "tool_version": manifest.tool_version,
+    }
+
+
+def export_onnx(
+    artifacts: Artifacts,
+    manifest: Manifest | None = None,
+    output: Path | None = None,
+    *,
+    force: bool = True,
+    opset: int = 17,
+    static_batch: bool = False,
+    batch_size: int = 1,
+    dynamic_size: bool = False,
+    fp16: bool = False,
+) -> OnnxExport:
+    """Write the ONNX model of the deploy program in `artifacts` (default OUT/model.onnx).
+
+    `dynamic_size` leaves height and width symbolic; `static_batch` fixes the batch to
+    `batch_size`. With `fp16` the weights and activations are float16 (inputs and outputs stay
+    float32): before anything is written, a weight beyond float16's range is refused by name
+    (`onnx_writer.fp16_range_report`), and the values that underflow to zero are counted."""
+    from acnet_convert.write.onnx.writer import build_onnx, fp16_range_report, write_onnx
+    from acnet_convert.read.program import load_program
+    from acnet_convert.read.program_reader import read_graph
+
+    manifest = manifest or artifacts.read_manifest()
+    artifacts.check_complete(manifest)
+    output = artifacts.onnx if output is None else Path(output)
+    if output.exists() and not force:
+        raise ConvertError(f"{printable(output)} already exists (pass --force to replace it)")
+    fmt = "pir" if "pir" in manifest.formats else manifest.formats[0]
+    program = load_program(artifacts.program(fmt), artifacts.params)
+    graph = read_graph(program)
+    underflow = values = 0
+    if fp16:
+        overflowing, underflow, values = fp16_range_report(graph)
+        if overflowing:
+            names = sorted(overflowing)
+            shown = ", ".join(printable(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            largest = max(float(np.nanmax(np.abs(np.asarray(graph.weights[n], np.float64)))) for n in names)
+            raise ConvertError(f"{'weight' if len(names) == 1 else 'weights'} {shown} "
+                               f"{'does' if len(names) == 1 else 'do'} not fit float16: values up to "
+                               f"{largest:.4g}, beyond its largest 65504; export without --fp16")
+    model = build_onnx(graph, opset=opset, static_batch=static_batch, batch_size=batch_size, dynamic_size=dynamic_size,
+                       fp16=fp16, input_size=manifest.input_size,
+                       metadata=onnx_metadata(manifest))
+    del program, graph
+    write_onnx(model, output, replace=force)
+    return OnnxExport(output, opset, fp16, underflow, values)
