@@ -13,8 +13,26 @@ add_n's terms). Small constants made by ops (`full`, `full_int_array`, `assign_v
 their node and also have their value in `Graph.constants`, so a translator can read a pool's
 kernel size or a reshape's shape without following the graph.
 
-`origin` records the positions, in the source program's op list, of the ops a node stands for:
-that is how the Paddle writer finds what to edit, and how messages say where a node sits.
+`origin` records the positions, in the source's op list (`Program.ops` for a Paddle program:
+the main block's ops, then the ops of sub-blocks in the order they are met; node indices for an
+ONNX model), of the ops a node stands for: that is how a writer that edits the source finds
+what to edit, and how messages say where a node sits.
+
+Control flow: a `pd_op.if` is a node `if` reading its condition, writing its results, with
+`attrs["branches"]` = (true `Block`, false `Block`); each block's nodes have their own origins
+and its `yields` name what the block returns. Constant folding inlines the taken block when
+the condition is a constant; no other pass sees an `if`.
+
+The source graph and the deploy graph. A reader makes the *source graph*: every node has an
+origin. The passes (constant folding, identity removal, region collapse) make the *deploy
+graph*, which a writer applies to the source by difference:
+- a node whose origin is a source node's is that source op, kept: same op and attributes, but
+  its inputs may name other tensors (the writer rewires its operands);
+- a node with an empty origin is new (the writer creates it): a `conv2d` reading
+  `(x, weight, bias)` with explicit 4-sided `paddings`, or an `add` of two tensors;
+- a weight the source graph does not have is a new parameter (its array is in `weights`);
+- source ops that no deploy node stands for are removed; the outputs may name other tensors;
+- kept nodes keep their relative order; kept nodes of an inlined block run where the `if` was.
 
 Pure Python and numpy: nothing here imports Paddle or ONNX.
 """
@@ -34,6 +52,14 @@ class TensorInfo:
 
     shape: tuple[int, ...]
     dtype: str
+
+
+@dataclass(frozen=True)
+class Block:
+    """A sub-block of control flow: its nodes, and the tensors it yields (one per result)."""
+
+    nodes: tuple["Node", ...]
+    yields: tuple[str, ...]
 
 
 @dataclass(frozen=True)
