@@ -60,7 +60,7 @@ WRAPPED = (
     ("deploy graph", "acnet_convert.commands.fuse", "graph_totals"),
     ("manifest", "acnet_convert.commands.fuse", "new_manifest"),
     ("manifest", "acnet_convert.out.artifacts", "Artifacts.write_manifest"),
-    ("paddle edit", "acnet_convert.write.pir", "apply_fusion"),
+    ("paddle edit", "acnet_convert.write.pir", "apply_deploy_graph"),
     ("paddle save", "acnet_convert.write.pir", "save_program"),
     ("legacy .pdmodel", "acnet_convert.write.legacy.writer", "write_legacy_program"),
     ("deploy.pdparams", "acnet_convert.out.artifacts", "Artifacts.write_deploy_weights"),

@@ -18,6 +18,7 @@ from acnet_convert.common.quiet import import_paddle
 from acnet_convert.graph.reparam import FusedConv, deploy_graph, fuse_graph
 from acnet_convert.read.source import Source, open_source
 from acnet_convert.common.text import printable
+from acnet_convert.write.weights import stored_weights
 
 PADDLE_FORMATS = ("auto", "pir", "legacy", "both")
 
@@ -119,7 +120,7 @@ def fuse(
     # persistables/ keeps the 1x1 convs and BNs of the source: those weights stay
     release = None if reference_layout else source.release
     fused = fuse_graph(source.graph, groups, allow_nonfinite, warnings.append, track, release=release)
-    deploy = deploy_graph(source.graph, fused)
+    deploy = stored_weights(deploy_graph(source.graph, fused))
     deploy_totals = graph_totals(deploy)
     timings["fusion"] = time.perf_counter() - start
 
@@ -147,12 +148,12 @@ def fuse(
         plan = check_reference_source(source.plan, str(source_path))
     note(f"writing the deploy model to {printable(out)}")
     start = time.perf_counter()
-    from acnet_convert.write.pir import apply_fusion, save_program
+    from acnet_convert.write.pir import apply_deploy_graph, save_program
 
     with staged_dir(out, force, [source_path]) as stage:
         artifacts = Artifacts(stage)
         try:
-            apply_fusion(source.program, source.graph, fused)
+            apply_deploy_graph(source.program, deploy)
             save_program(source.program, artifacts.prefix)
             timings["paddle"] = time.perf_counter() - start
             if "legacy" in formats:  # from the same deploy graph, sharing inference.pdiparams

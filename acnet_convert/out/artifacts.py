@@ -245,7 +245,7 @@ class Artifacts:
         import numpy as np
 
         with open(self.deploy_weights, "wb") as f:
-            pickle.dump({k: np.ascontiguousarray(v) for k, v in weights.items()}, f, protocol=5)
+            pickle.dump({k: np.asarray(v, order="C") for k, v in weights.items()}, f, protocol=5)  # 0-d stays 0-d
             f.flush()
             os.fsync(f.fileno())
 

@@ -155,6 +155,21 @@ def stack(ctx: OnnxBuilder, node: Node) -> None:
     ctx.op("Concat", [ctx.op("Unsqueeze", [ctx.tensor(p), axes]) for p in parts], [ctx.output(node)], axis=axis)
 
 
+@handles("expand")
+def expand(ctx: OnnxBuilder, node: Node) -> None:
+    """Paddle's -1 keeps the input's size; ONNX Expand broadcasts like numpy, where a 1 does
+    that (Paddle expands nothing else: a target differs from the input only where it is 1)."""
+    x = ctx.tensor(node.inputs[0])
+    item = _operand(node, 1)
+    if item is None or ctx.constant(item) is not None or (
+            isinstance(item, tuple) and all(ctx.constant(t) is not None for t in item)):
+        target = _ints(ctx, item, "shape") if item is not None else [int(v) for v in node.attrs["shape"]]
+        shape = ctx.ints([1 if v == -1 else v for v in target], "shape")
+    else:
+        shape = ctx.op("Max", [_int64_tensor(ctx, item, "shape"), ctx.ints([1], "one")])
+    ctx.op("Expand", [x, shape], [ctx.output(node)])
+
+
 @handles("split", "split_with_num")
 def split(ctx: OnnxBuilder, node: Node) -> None:
     """`split` takes sections (one may be -1: the rest), `split_with_num` equal parts."""
