@@ -510,6 +510,16 @@ def test_dynamic_size(exported, name):
         assert_matches(run_onnx(model, x), run_paddle(exported[name], x))
 
 
+def test_only_the_free_axis_is_symbolic(exported):
+    """A model that takes any width but a fixed height (text recognition): the ONNX input keeps
+    the height and leaves the width symbolic."""
+    model = build_onnx(graph_of(exported, "NetDyn"), dynamic_size=(3,), input_size=24)
+    assert dims(model.graph.input[0]) == ["N", 3, 24, "W"]
+    for width in (16, 40):
+        x = np.random.default_rng(width).standard_normal((2, 3, 24, width)).astype(np.float32)
+        assert_matches(run_onnx(model, x), run_paddle(exported["NetDyn"], x))
+
+
 def test_free_size_needs_an_input_size(exported):
     graph = graph_of(exported, "NetDyn")
     with pytest.raises(ConvertError, match="input size"):

@@ -80,6 +80,7 @@ def test_deploy_models_compute_the_users_model(rep_models, rep_reference, tmp_pa
         assert result.manifest.formats == ("pir",) and not (out / "model.onnx").exists()
         return
     assert result.manifest.formats == ("pir", "legacy"), result.warnings
+    assert result.manifest.onnx_input == ("N", *MODELS[name].input_shape)  # exported at a fixed size
     assert close(run_paddle(out / "inference.pdmodel", out / "inference.pdiparams", images), want), "legacy"
     import onnxruntime as ort
 

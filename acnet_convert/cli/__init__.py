@@ -48,7 +48,9 @@ def cli(ctx: click.Context, verbose: bool, quiet_mode: bool) -> None:
 @click.option("--input-size", type=INPUT_SIZE, default=224, show_default=True,
               help="Height and width of the deploy model's input.")
 @click.option("--onnx", "with_onnx", is_flag=True, help="Also write OUT/model.onnx.")
-@click.option("--dynamic-size", is_flag=True, help="With --onnx: height and width symbolic (any input size).")
+@click.option("--static-size", is_flag=True,
+              help="With --onnx: fix the ONNX input's height and width to --input-size (default: symbolic where "
+                   "the model takes any size).")
 @click.option("--paddle-format", type=click.Choice(["auto", "pir", "legacy", "both"]), default="auto", show_default=True,
               help="Paddle deploy model: PIR inference.json, legacy inference.pdmodel (OpenVINO, Paddle Lite, "
                    "Paddle 2.x), or both (they share inference.pdiparams); auto: both when every op has a legacy "
@@ -72,8 +74,8 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
     inference.pdiparams, deploy.pdparams and manifest.json, written atomically.
     """
     options["onnx"] = options.pop("with_onnx")
-    if options.get("dynamic_size") and not options["onnx"]:
-        raise click.UsageError("--dynamic-size shapes the ONNX model: use it with --onnx (the Paddle model takes any size)")
+    if options.get("static_size") and not options["onnx"]:
+        raise click.UsageError("--static-size shapes the ONNX model: use it with --onnx")
     from acnet_convert.commands.fuse import fuse as run_fuse
 
     result = run_fuse(source, track=ui.progress, note=ui.note, **options)
@@ -97,7 +99,9 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Default: OUT/model.onnx.")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
 @click.option("--static-batch", is_flag=True, help="Fix the batch dimension to 1.")
-@click.option("--dynamic-size", is_flag=True, help="Leave height and width symbolic: any input size.")
+@click.option("--static-size", is_flag=True,
+              help="Fix height and width to the manifest's input size (default: symbolic where the model takes "
+                   "any size).")
 @click.option("--fp16", is_flag=True,
               help="Float16 weights and activations (inputs and outputs stay float32); refused when a weight "
                    "does not fit float16.")
@@ -112,11 +116,11 @@ def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **o
                                    what="-o" if output is not None else "output")
     from acnet_convert.commands.export_onnx import export_onnx as run_export
 
-    done = run_export(Artifacts(out_dir), manifest, output, force=force, **options)
+    done = run_export(Artifacts(out_dir), manifest, output, force=force, record=output is None, **options)
     if done.fp16:
         share = done.underflow / done.values if done.values else 0.0
         ui.result(f"float16: {done.underflow} of {done.values} weight values underflow to zero ({share:.2%})")
-    size = "dynamic" if options["dynamic_size"] else f"{manifest.input_size}x{manifest.input_size}"
+    size = "dynamic" if done.dynamic_size else "x".join(str(d) for d in done.input_dims[2:])
     ui.result(f"wrote {printable(done.path)} (opset {done.opset}, batch {'1' if options['static_batch'] else 'dynamic'}, "
               f"size {size}, {'float16' if done.fp16 else 'float32'})")
 

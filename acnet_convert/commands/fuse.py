@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -94,7 +94,7 @@ def fuse(
     force: bool = False,
     allow_nonfinite: bool = False,
     paddle_format: str = "auto",
-    dynamic_size: bool = False,
+    static_size: bool = False,
     reference_layout: bool = False,
     track: Callable[[list[Group], str], Iterable[Group]] | None = None,
     note: Callable[[str], None] = lambda _text: None,
@@ -172,7 +172,8 @@ def fuse(
                 from acnet_convert.commands.export_onnx import export_onnx
 
                 onnx_start = time.perf_counter()
-                export_onnx(artifacts, manifest, dynamic_size=dynamic_size)
+                exported = export_onnx(artifacts, manifest, static_size=static_size)
+                manifest = replace(manifest, onnx_input=exported.input_dims)
                 timings["onnx"] = time.perf_counter() - onnx_start
             artifacts.write_manifest(manifest)
         except OSError as err:

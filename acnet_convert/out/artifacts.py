@@ -71,6 +71,9 @@ class Manifest:
     ops: dict[str, dict[str, int]] = field(default_factory=dict)  # {"train": counts, "deploy": counts}
     # params_train, params_deploy, macs_train, macs_deploy (None where a shape is dynamic)
     totals: dict[str, int | None] = field(default_factory=dict)
+    # the input model.onnx takes, when fuse or export-onnx wrote it: [N, C, H, W] with "N", "H",
+    # "W" where symbolic (height and width are symbolic where the model takes any size)
+    onnx_input: tuple[int | str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -141,6 +144,11 @@ class Manifest:
             not isinstance(k, str) or (v is not None and (type(v) is not int or v < 0)) for k, v in totals.items()
         ):
             raise bad("totals", "must map names to counts")
+        onnx_input = data.get("onnx_input")
+        if onnx_input is not None and (not isinstance(onnx_input, list) or len(onnx_input) > 8 or any(
+                not (type(d) is int and 0 <= d <= 1 << 31) and not (isinstance(d, str) and 0 < len(d) <= 64)
+                for d in onnx_input)):
+            raise bad("onnx_input", "must be a list of at most 8 sizes or names")
         return cls(
             tool_version=string(data, "tool_version"),
             paddle_version=string(data, "paddle_version"),
@@ -155,6 +163,7 @@ class Manifest:
             declined=rows["declined"],
             ops=ops,
             totals=totals,
+            onnx_input=None if onnx_input is None else tuple(onnx_input),
         )
 
 
