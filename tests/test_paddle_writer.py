@@ -137,6 +137,19 @@ def resolve_ifs(graph: Graph) -> Graph:
     return replace(graph, nodes=nodes, outputs=[r(o) for o in graph.outputs]).pruned()
 
 
+def inlined_and_fused(program) -> Graph:
+    """The alpha model's deploy graph made by hand: its `if`s resolved (`resolve_ifs`), then
+    every conv+BN fused, the new weights float64 as constant folding computes them."""
+    inlined = resolve_ifs(read_graph(program))
+    assert not {"if", "select_input", "cast", "logical_not"} & set(inlined.op_counts())
+    groups, _ = find_groups(inlined)
+    fused = fuse_graph(inlined, groups)
+    deploy = deploy_graph(inlined, fused)
+    as_folded = {f.weight: f.kernel.astype(np.float64) for f in fused} | {f.bias: f.bias_value.astype(np.float64) for f in fused}
+    assert deploy.tensors[fused[0].weight].dtype == "float32"
+    return replace(deploy, weights={**deploy.weights, **as_folded})
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_the_alpha_models_ifs_are_read_with_their_blocks(rep_models, fmt: str) -> None:  # noqa: F811
     program = load_program(*program_files(rep_models(ALPHA, fmt)))
@@ -168,14 +181,7 @@ def test_an_inlined_if_runs_where_the_if_was(rep_models, rep_reference, tmp_path
     float64 (as constant folding computes them). Written by difference into the user's
     program, it runs in paddle.inference equal to the dygraph model, with no `if` left."""
     program = load_program(*program_files(rep_models(ALPHA, fmt)))
-    inlined = resolve_ifs(read_graph(program))
-    assert not {"if", "select_input", "cast", "logical_not"} & set(inlined.op_counts())
-    groups, _ = find_groups(inlined)
-    fused = fuse_graph(inlined, groups)
-    deploy = deploy_graph(inlined, fused)
-    as_folded = {f.weight: f.kernel.astype(np.float64) for f in fused} | {f.bias: f.bias_value.astype(np.float64) for f in fused}
-    deploy = replace(deploy, weights={**deploy.weights, **as_folded})
-    assert deploy.tensors[fused[0].weight].dtype == "float32"
+    deploy = inlined_and_fused(program)
     apply_deploy_graph(program, deploy)
     save_program(program, tmp_path / "inference")
     images = images_for(ALPHA)
@@ -249,3 +255,46 @@ def test_if_reads_and_pruning_on_a_tiny_graph() -> None:
     assert list(node.tensor_inputs()) == ["c", "x", "w", "y"]
     assert graph.consumers()["x"] == [3] and "t" not in graph.consumers()
     assert [n.outputs for n in graph.pruned().nodes] == [("x",), ("y",), ("z",)]
+
+
+# ----------------------------------------------------------------------------------------------
+# verify runs a train model paddle.inference cannot load
+
+
+def test_the_train_runner_falls_back_to_the_executor(rep_models, rep_reference) -> None:  # noqa: F811
+    from acnet_convert.verify.device import resolve_device
+    from acnet_convert.verify.runners import paddle_predictor, train_runner
+
+    prefix = rep_models(ALPHA)  # PIR, with its pd_op.if: paddle.inference refuses it
+    files = (prefix.with_suffix(".json"), prefix.with_suffix(".pdiparams"))
+    cpu = resolve_device("cpu", onnx=False)
+    with pytest.raises(ConvertError, match="regions"):
+        paddle_predictor("train", *files, cpu, as_written=True)
+    runner = train_runner(files, cpu, files[0])
+    images = images_for(ALPHA)
+    assert close(runner(images)[0], rep_reference(ALPHA, images))
+    assert len(runner.notes) == 1 and "static Executor" in runner.notes[0] and "regions" in runner.notes[0]
+    runner.close()
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_verify_runs_the_alpha_train_model(rep_models, tmp_path, broken: bool) -> None:  # noqa: F811
+    """verify on an OUT whose deploy model is the hand-inlined one: the train model (with its
+    `if`) runs under the Executor, says so, and matches; a wrong fused bias does not."""
+    from acnet_convert.commands.verify import verify
+    from acnet_convert.out.artifacts import Artifacts
+    from acnet_convert.write.weights import stored_weights
+
+    source, out = rep_models(ALPHA), tmp_path / "out"
+    fuse(source, out, paddle_format="pir")
+    program = load_program(*program_files(source))
+    deploy = inlined_and_fused(program)
+    if broken:
+        bias = next(name for name in deploy.weights if name.endswith(".b_0") and name not in program.arrays)
+        deploy = replace(deploy, weights={**deploy.weights, bias: deploy.weights[bias] + 0.5})
+    apply_deploy_graph(program, deploy)
+    save_program(program, out / "inference")
+    Artifacts(out).write_deploy_weights(stored_weights(deploy).weights)
+    report = verify(out, batch_size=2, batches=1, device="cpu")
+    assert any("static Executor" in note for note in report.notes)
+    assert report.ok is not broken, report.format_table()

@@ -16,6 +16,7 @@ threads do not spin between runs, so they leave the cores to Paddle.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,10 +211,48 @@ def train_files(source: Any, tmp: Path) -> tuple[Path, Path]:
     return path, tmp / "train.pdiparams"
 
 
+def executor_runner(name: str, program: Path, params: Path, device: Device) -> Runner:
+    """`program` + `params` under Paddle's static Executor: every op as written, no graph
+    passes. For a program paddle.inference cannot load: Paddle 3.3's inference loader refuses
+    a PIR `pd_op.if` ("The size 0 of regions must be equal to 2"), which the Executor runs."""
+    from acnet_convert.read.program import LEGACY, PROGRAM_SUFFIXES, static_mode
+
+    legacy = PROGRAM_SUFFIXES.get(Path(program).suffix) == LEGACY
+    with static_mode() as paddle:
+        scope = paddle.static.Scope()
+        executor = paddle.static.Executor(paddle.CUDAPlace(0) if device.paddle_gpu else paddle.CPUPlace())
+        mode = paddle.pir_utils.OldIrGuard() if legacy else contextlib.nullcontext()
+        try:
+            with mode, paddle.static.scope_guard(scope), silenced():
+                loaded, feeds, fetches = paddle.static.load_inference_model(str(Path(program).with_suffix("")), executor)
+        except Exception as err:  # noqa: BLE001 - Paddle raises many types for a bad model
+            raise ConvertError(f"{printable(program)} cannot be loaded by Paddle's Executor: {one_line(err)}") from None
+    if len(feeds) != 1:
+        raise ConvertError(f"{printable(program)} has {len(feeds)} inputs; verify feeds models with one input")
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        with static_mode(), (paddle.pir_utils.OldIrGuard() if legacy else contextlib.nullcontext()), \
+                paddle.static.scope_guard(scope), silenced():
+            try:
+                out = executor.run(loaded, feed={feeds[0]: np.ascontiguousarray(batch)}, fetch_list=fetches, scope=scope)
+            except Exception as err:  # noqa: BLE001
+                raise ConvertError(f"Paddle's Executor cannot run {printable(program)}: {one_line(err)}") from None
+        return [np.asarray(o) for o in out]
+
+    return Runner(name, Path(program), run, close=lambda: scope.erase(scope.local_var_names()))
+
+
 def train_runner(files: tuple[Path, Path], device: Device, shown: Path, ops: Any = ()) -> Runner:
     """The train-form model (BN in inference mode, every branch as written) under
-    paddle.inference with its graph passes off."""
-    runner = paddle_predictor("train", files[0], files[1], device, as_written=True, ops=ops)
+    paddle.inference with its graph passes off; when paddle.inference cannot load it, under
+    the static Executor, with a note."""
+    try:
+        runner = paddle_predictor("train", files[0], files[1], device, as_written=True, ops=ops)
+    except ConvertError as err:
+        runner = executor_runner("train", files[0], files[1], device)
+        why = str(err).split(": ", 1)[-1]
+        runner.notes.append(f"train: paddle.inference cannot load {printable(Path(shown).name)} ({one_line(why, 120)}); "
+                            "ran it with Paddle's static Executor instead (every op as written)")
     runner.path = Path(shown)
     return runner
 
