@@ -298,3 +298,46 @@ def test_verify_runs_the_alpha_train_model(rep_models, tmp_path, broken: bool) -
     report = verify(out, batch_size=2, batches=1, device="cpu")
     assert any("static Executor" in note for note in report.notes)
     assert report.ok is not broken, report.format_table()
+
+
+def test_vector_operands_fetches_and_new_adds_are_rewired(tmp_path) -> None:
+    """A deploy graph that feeds a concat other tensors (through its builtin.combine), adds a
+    new `add` node and fetches other tensors, in another order: the program computes what the
+    deploy graph says (numpy). A kept op reading a name no one makes, or made after it, is
+    refused up front."""
+    import paddle
+
+    class Net(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.w = self.create_parameter([2, 1, 1], default_initializer=paddle.nn.initializer.Constant(-1.5))
+
+        def forward(self, image):
+            x = image * self.w
+            return paddle.concat([paddle.nn.functional.relu(x), x], axis=1), paddle.abs(x)
+
+    paddle.jit.save(Net(), str(tmp_path / "src" / "inference"),
+                    input_spec=[paddle.static.InputSpec([None, 2, 3, 3], "float32", "image")])
+    program = load_program(*program_files(tmp_path / "src" / "inference"))
+    graph = read_graph(program)
+    relu, abs_, scaled = (next(n.output for n in graph.nodes if n.op == op) for op in ("relu", "abs", "multiply"))
+    concat = next(n for n in graph.nodes if n.op == "concat")
+    rewired = replace(concat, inputs=((scaled, relu), *concat.inputs[1:]))
+    total = Node("add", (relu, abs_), ("total",), {})
+    nodes = [rewired if n is concat else n for n in graph.nodes] + [total]
+    deploy = replace(graph, nodes=nodes, outputs=["total", concat.output])
+    apply_deploy_graph(program, deploy)
+    save_program(program, tmp_path / "inference")
+    x = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    got = paddle_predict(tmp_path / "inference.json", tmp_path / "inference.pdiparams", x, ir_optim=False)[0]
+    relu_x, abs_x = np.maximum(-1.5 * x, 0), np.abs(-1.5 * x)
+    np.testing.assert_array_equal(got[0], relu_x + abs_x)
+    np.testing.assert_array_equal(got[1], np.concatenate([-1.5 * x, relu_x], axis=1))
+
+    program = load_program(*program_files(tmp_path / "src" / "inference"))
+    graph = read_graph(program)
+    concat = next(n for n in graph.nodes if n.op == "concat")
+    for read, error in (("nowhere", "reads 'nowhere', which neither"), (abs_, "before the node that makes it")):
+        ghost = replace(concat, inputs=((relu, read), *concat.inputs[1:]))
+        with pytest.raises(RuntimeError, match=error):
+            apply_deploy_graph(program, replace(graph, nodes=[ghost if n is concat else n for n in graph.nodes]))

@@ -109,25 +109,37 @@ class _Edit:
 
     def check(self) -> None:
         """Before anything is edited (a half-edited program can crash Paddle when it is freed):
-        every tensor a deploy node or output reads is a new weight, a new node's, or made by a
-        source op that stays."""
+        kept nodes are their source ops, and every tensor a node or output reads is made before
+        it by a new node, a new weight or a source op that stays."""
         for node in self.kept_nodes:
             self.check_kept(node)
-        held = self.source.arrays or {}
-        available = {n.output for n in self.deploy.nodes if not n.origin}
-        available.update(k for k, v in self.deploy.weights.items() if held.get(k) is not v)
-        readers = [(n.where(), t) for n in _walk(self.deploy.nodes) for t in _direct_inputs(n)]
-        readers += [("the deploy graph's outputs", t) for t in self.deploy.outputs]
-        for where, name in readers:
-            if name in available:
-                continue
-            made_by = self.source.values.get(name)
-            if made_by is None:
-                raise RuntimeError(f"{where} reads {name!r}, which neither the source program nor a new node makes")
-            op = self.ops[made_by[0]]
-            if made_by[0] not in self.kept and op.name() not in ("builtin.parameter", "pd_op.data", "pd_op.feed"):
-                raise RuntimeError(f"{where} reads {name!r}, made by op #{made_by[0]} {op.name()}, which the deploy "
-                                   "graph removes")
+        defined = set(self.deploy.inputs) | set(self.deploy.weights)
+        self.check_order(self.deploy.nodes, defined)
+        for name in self.deploy.outputs:
+            self.check_read("the deploy graph's outputs", name, defined)
+
+    def check_order(self, nodes: Any, defined: set[str]) -> None:
+        """Each node reads only what is made before it (kept nodes keep their order; a new node
+        sits between what it reads and what reads it)."""
+        for node in nodes:
+            for name in _direct_inputs(node):
+                self.check_read(node.where(), name, defined)
+            if node.op == "if" and node.origin:
+                for block in node.attrs.get("branches", ()):
+                    self.check_order(block.nodes, set(defined))
+            defined.update(node.outputs)
+
+    def check_read(self, where: str, name: str, defined: set[str]) -> None:
+        made_by = self.source.values.get(name)
+        op = self.ops[made_by[0]] if made_by else None
+        if name in defined or (op is not None and op.name() in ("builtin.parameter", "pd_op.data", "pd_op.feed")):
+            return
+        if op is None:
+            raise RuntimeError(f"{where} reads {name!r}, which neither the source program nor a new node makes")
+        if made_by[0] not in self.kept:  # type: ignore[index]
+            raise RuntimeError(f"{where} reads {name!r}, made by op #{made_by[0]} {op.name()}, which the deploy "  # type: ignore[index]
+                               "graph removes")
+        raise RuntimeError(f"{where} reads {name!r} before the node that makes it: the deploy graph is out of order")
 
     def add_parameters(self, paddle: Any) -> None:
         """Weights the source does not hold (or holds with other values) become parameters."""
