@@ -15,8 +15,7 @@ import pytest
 from acnet_convert.commands.fuse import fuse
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.graph.ir import Block, Graph, Node, TensorInfo
-from acnet_convert.graph.patterns import find_groups
-from acnet_convert.graph.reparam import deploy_graph, fuse_graph
+from acnet_convert.graph.reparam import deploy_graph, fold_graph
 from acnet_convert.read.program import load_program, program_files
 from acnet_convert.read.program_reader import read_graph
 from acnet_convert.write.legacy.writer import build_program_bytes, translate
@@ -69,16 +68,11 @@ def op_counts(prefix: Path) -> dict[str, int]:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_deploy_models_compute_the_users_model(rep_models, rep_reference, tmp_path, name: str, fmt: str) -> None:  # noqa: F811
     out = tmp_path / "out"
-    plain = fuse(rep_models(name, fmt), tmp_path / "probe", paddle_format="pir")
-    has_if = "if" in plain.manifest.ops["deploy"]
-    result = fuse(rep_models(name, fmt), out, onnx=not has_if)  # auto: the legacy model too where it can be
+    result = fuse(rep_models(name, fmt), out, onnx=True)  # auto: the legacy model too where it can be
+    assert "if" not in result.manifest.ops["deploy"]
     images = images_for(name)
     want = rep_reference(name, images)
-    run = run_static if has_if else run_paddle
-    assert close(run(out / "inference.json", out / "inference.pdiparams", images), want), "PIR"
-    if has_if:  # until constant folding resolves it, no other format can hold an `if`
-        assert result.manifest.formats == ("pir",) and not (out / "model.onnx").exists()
-        return
+    assert close(run_paddle(out / "inference.json", out / "inference.pdiparams", images), want), "PIR"
     assert result.manifest.formats == ("pir", "legacy"), result.warnings
     assert result.manifest.onnx_input == ("N", *MODELS[name].input_shape)  # exported at a fixed size
     assert close(run_paddle(out / "inference.pdmodel", out / "inference.pdiparams", images), want), "legacy"
@@ -142,9 +136,9 @@ def inlined_and_fused(program) -> Graph:
     every conv+BN fused, the new weights float64 as constant folding computes them."""
     inlined = resolve_ifs(read_graph(program))
     assert not {"if", "select_input", "cast", "logical_not"} & set(inlined.op_counts())
-    groups, _ = find_groups(inlined)
-    fused = fuse_graph(inlined, groups)
-    deploy = deploy_graph(inlined, fused)
+    folding = fold_graph(inlined)
+    fused = folding.fused
+    deploy = deploy_graph(folding)
     as_folded = {f.weight: f.kernel.astype(np.float64) for f in fused} | {f.bias: f.bias_value.astype(np.float64) for f in fused}
     assert deploy.tensors[fused[0].weight].dtype == "float32"
     return replace(deploy, weights={**deploy.weights, **as_folded})
