@@ -36,21 +36,6 @@ def close(got: np.ndarray, want: np.ndarray) -> bool:
     return got.shape == want.shape and float(np.abs(got - want).max()) <= 1e-4 * max(1.0, float(np.abs(want).max()))
 
 
-def run_static(program: Path, params: Path, images: np.ndarray) -> np.ndarray:
-    """The static Executor, for a program paddle.inference cannot load (a PIR `if`)."""
-    import paddle
-
-    paddle.enable_static()
-    try:
-        exe = paddle.static.Executor(paddle.CPUPlace())
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            prog, feeds, fetches = paddle.static.load_inference_model(str(program.with_suffix("")), exe)
-            return exe.run(prog, feed={feeds[0]: images}, fetch_list=fetches)[0]
-    finally:
-        paddle.disable_static()
-
-
 def run_paddle(program: Path, params: Path, images: np.ndarray) -> np.ndarray:
     # oneDNN off: Paddle 3.3.1's oneDNN rejects PIR interpolate ops (PaddlePaddle/Paddle#79749)
     return paddle_predict(program, params, images, ir_optim=False, onednn=False)[0][0]
@@ -183,8 +168,8 @@ def test_an_inlined_if_runs_where_the_if_was(rep_models, rep_reference, tmp_path
     assert close(run_paddle(tmp_path / "inference.json", tmp_path / "inference.pdiparams", images), want)
     written = load_program(*program_files(tmp_path / "inference"))
     counts = read_graph(written).op_counts()
-    assert "if" not in counts and "batch_norm" not in counts and counts["conv2d"] == 8
-    assert counts["multiply"] == 2  # alpha * conv_bn1(x), kept as written (not folded yet)
+    # stem, and per BasicBlock its conv and its RepVggBlock (alpha folded in), the plain RepVggBlock
+    assert "if" not in counts and "batch_norm" not in counts and "multiply" not in counts and counts["conv2d"] == 6
     assert {str(op.result(0).dtype) for op in written.ops if op.name() == "builtin.parameter"} == {"paddle.float32"}
     # the legacy writer takes the same deploy graph
     legacy = translate(deploy)
@@ -335,3 +320,31 @@ def test_vector_operands_fetches_and_new_adds_are_rewired(tmp_path) -> None:
         ghost = replace(concat, inputs=((relu, read), *concat.inputs[1:]))
         with pytest.raises(RuntimeError, match=error):
             apply_deploy_graph(program, replace(graph, nodes=[ghost if n is concat else n for n in graph.nodes]))
+
+
+@pytest.mark.parametrize("writer", ["onnx", "legacy"])
+def test_a_select_input_picking_the_wrong_input_is_caught(rep_models, rep_reference, tmp_path, monkeypatch,  # noqa: F811
+                                                           writer: str) -> None:
+    """The legacy alpha model's `if`s leave select_input (mask = cast(alpha)) in the deploy graph:
+    translated picking by the mask, both formats equal the model (above); picking the other
+    input (the false branch's zeros) is caught."""
+    from acnet_convert.write.legacy import ops as legacy_ops
+    from acnet_convert.write.onnx import ops as onnx_ops
+
+    if writer == "onnx":
+        monkeypatch.setitem(onnx_ops.HANDLERS, "select_input",
+                            lambda ctx, node: ctx.alias(node.output, ctx.tensor(node.inputs[1])))
+    else:
+        monkeypatch.setitem(legacy_ops.HANDLERS, "select_input", lambda b, node: b.op(
+            "select_input", {"X": [b.tensor(t) for t in reversed(node.inputs[1:])], "Mask": [b.input(0)]},
+            {"Out": [b.output()]}))
+    out = tmp_path / "out"
+    fuse(rep_models(ALPHA, "legacy"), out, onnx=writer == "onnx", paddle_format="pir" if writer == "onnx" else "both")
+    images = images_for(ALPHA)
+    if writer == "onnx":
+        import onnxruntime as ort
+
+        got = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": images})[0]
+    else:
+        got = run_paddle(out / "inference.pdmodel", out / "inference.pdiparams", images)
+    assert not close(got, rep_reference(ALPHA, images))

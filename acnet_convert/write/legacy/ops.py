@@ -343,3 +343,9 @@ def _full_like(b: LegacyBuilder, node: Node) -> None:
         raise b.fail(f"a full_like of dtype {printable(target)}")
     b.op("fill_any_like", {"X": [b.input(0)]}, {"Out": [b.output()]}, value=b.scalar(1, "value"),
          dtype=VAR_TYPES[target])
+
+
+@handles("select_input")
+def _select_input(b: LegacyBuilder, node: Node) -> None:
+    # the input the int mask names (what a legacy `if` leaves once its blocks are inlined)
+    b.op("select_input", {"X": [b.tensor(t) for t in node.inputs[1:]], "Mask": [b.input(0)]}, {"Out": [b.output()]})
