@@ -35,7 +35,9 @@ graph*, which a writer applies to the source by difference:
   array is in `weights`, stored in the dtype `tensors` gives it: float64 results of constant
   folding are cast by the writers, `write.weights`);
 - source ops that no deploy node stands for are removed; the outputs may name other tensors;
-- kept nodes keep their relative order; kept nodes of an inlined block run where the `if` was.
+- kept nodes keep their relative order; kept nodes of an inlined block run where the `if` was;
+  every node reads only what feeds, weights or nodes before it make (the Paddle writer checks
+  all of this before it edits anything, and creates a new node just before the next kept one).
 
 Pure Python and numpy: nothing here imports Paddle or ONNX.
 """
