@@ -5,7 +5,7 @@ negatives) exported as train-form Paddle inference models, and their dygraph out
     prefix = rep_models("dilated_acb", "legacy")   # .../legacy/dilated_acb/inference
     ref = rep_reference("dilated_acb", images)      # float32 NCHW -> the dygraph model's outputs
 
-Import them into a test module (``from tests.rep_fixtures import rep_models, rep_reference``).
+tests/conftest.py registers them, so every module shares one export per format.
 """
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ from acnet_convert.write.legacy.writer import build_program_bytes, translate
 from acnet_convert.write.pir import apply_deploy_graph, save_program
 from fixtures.rep_blocks import MODELS
 from tests.predict import paddle_predict
-from tests.rep_fixtures import rep_models, rep_reference  # noqa: F401 - fixtures
 
 FORMATS = ("pir", "legacy")
 ALPHA = "ppyoloe_repvgg_alpha"
@@ -51,7 +50,7 @@ def op_counts(prefix: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_deploy_models_compute_the_users_model(rep_models, rep_reference, tmp_path, name: str, fmt: str) -> None:  # noqa: F811
+def test_deploy_models_compute_the_users_model(rep_models, rep_reference, tmp_path, name: str, fmt: str) -> None:
     out = tmp_path / "out"
     result = fuse(rep_models(name, fmt), out, onnx=True)  # auto: the legacy model too where it can be
     assert "if" not in result.manifest.ops["deploy"]
@@ -68,7 +67,7 @@ def test_deploy_models_compute_the_users_model(rep_models, rep_reference, tmp_pa
 
 
 @pytest.mark.parametrize("name, dilations", [("dilated_acb", {2, 4}), ("aspp_acb", {2, 4, 6})])
-def test_dilated_groups_are_fused_with_their_dilation(rep_models, tmp_path, name: str, dilations: set) -> None:  # noqa: F811
+def test_dilated_groups_are_fused_with_their_dilation(rep_models, tmp_path, name: str, dilations: set) -> None:
     """The dilated fixtures really fuse dilated branch sums (so a writer dropping the dilation is
     caught by the test above), and the deploy programs keep every dilation."""
     out = tmp_path / "out"
@@ -130,7 +129,7 @@ def inlined_and_fused(program) -> Graph:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_the_alpha_models_ifs_are_read_with_their_blocks(rep_models, fmt: str) -> None:  # noqa: F811
+def test_the_alpha_models_ifs_are_read_with_their_blocks(rep_models, fmt: str) -> None:
     program = load_program(*program_files(rep_models(ALPHA, fmt)))
     graph = read_graph(program)
     ifs = [n for n in graph.nodes if n.op == "if"]
@@ -154,7 +153,7 @@ def test_the_alpha_models_ifs_are_read_with_their_blocks(rep_models, fmt: str) -
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_an_inlined_if_runs_where_the_if_was(rep_models, rep_reference, tmp_path, fmt: str) -> None:  # noqa: F811
+def test_an_inlined_if_runs_where_the_if_was(rep_models, rep_reference, tmp_path, fmt: str) -> None:
     """A deploy graph made by hand from the source graph: each `if` replaced by its true
     block's nodes, then every conv+BN of the result fused into new convs whose weights are
     float64 (as constant folding computes them). Written by difference into the user's
@@ -177,7 +176,7 @@ def test_an_inlined_if_runs_where_the_if_was(rep_models, rep_reference, tmp_path
     assert close(run_paddle(tmp_path / "inference.pdmodel", tmp_path / "inference.pdiparams", images), want)
 
 
-def test_a_deploy_graph_that_leaves_a_kept_op_reading_a_removed_one_fails_loudly(rep_models, tmp_path) -> None:  # noqa: F811
+def test_a_deploy_graph_that_leaves_a_kept_op_reading_a_removed_one_fails_loudly(rep_models, tmp_path) -> None:
     """The writer's own check: inlining the block's nodes but forgetting one they read is a bug
     in the passes (exit 4), not a segfault or a silently broken program."""
     program = load_program(*program_files(rep_models(ALPHA)))
@@ -189,7 +188,7 @@ def test_a_deploy_graph_that_leaves_a_kept_op_reading_a_removed_one_fails_loudly
         apply_deploy_graph(program, broken)
 
 
-def test_a_kept_node_must_keep_its_output_names(rep_models) -> None:  # noqa: F811
+def test_a_kept_node_must_keep_its_output_names(rep_models) -> None:
     program = load_program(*program_files(rep_models("dilated_acb")))
     graph = read_graph(program)
     renamed = replace(graph.nodes[-1], outputs=("elsewhere",))
@@ -240,7 +239,7 @@ def test_if_reads_and_pruning_on_a_tiny_graph() -> None:
 # verify runs a train model paddle.inference cannot load
 
 
-def test_the_train_runner_falls_back_to_the_executor(rep_models, rep_reference) -> None:  # noqa: F811
+def test_the_train_runner_falls_back_to_the_executor(rep_models, rep_reference) -> None:
     from acnet_convert.verify.device import resolve_device
     from acnet_convert.verify.runners import paddle_predictor, train_runner
 
@@ -257,7 +256,7 @@ def test_the_train_runner_falls_back_to_the_executor(rep_models, rep_reference) 
 
 
 @pytest.mark.parametrize("broken", [False, True])
-def test_verify_runs_the_alpha_train_model(rep_models, tmp_path, broken: bool) -> None:  # noqa: F811
+def test_verify_runs_the_alpha_train_model(rep_models, tmp_path, broken: bool) -> None:
     """verify on an OUT whose deploy model is the hand-inlined one: the train model (with its
     `if`) runs under the Executor, says so, and matches; a wrong fused bias does not."""
     from acnet_convert.commands.verify import verify
@@ -323,7 +322,7 @@ def test_vector_operands_fetches_and_new_adds_are_rewired(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("writer", ["onnx", "legacy"])
-def test_a_select_input_picking_the_wrong_input_is_caught(rep_models, rep_reference, tmp_path, monkeypatch,  # noqa: F811
+def test_a_select_input_picking_the_wrong_input_is_caught(rep_models, rep_reference, tmp_path, monkeypatch,
                                                            writer: str) -> None:
     """The legacy alpha model's `if`s leave select_input (mask = cast(alpha)) in the deploy graph:
     translated picking by the mask, both formats equal the model (above); picking the other

@@ -16,7 +16,6 @@ from acnet_convert.read.program_reader import read_graph
 from fixtures.export_model import reference_outputs
 from fixtures.rep_blocks import MODELS
 from tests.predict import paddle_predict
-from tests.rep_fixtures import rep_models  # noqa: F401 - a fixture
 
 SEED = 0
 # models whose ideal is not reached yet, with the reason (none: the reader reads control flow and the
@@ -37,7 +36,7 @@ DECLINED = {
 
 
 @pytest.fixture(scope="session")
-def rep_exports(rep_models):  # noqa: F811 - the fixture is imported above
+def rep_exports(rep_models):
     """The session's exports (tests/rep_fixtures.py), shared with the writer tests."""
     return rep_models
 

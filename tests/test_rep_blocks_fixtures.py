@@ -16,7 +16,7 @@ import pytest
 from fixtures.export_model import FORMATS, ROOT, reference_outputs
 from fixtures.make_checkpoint import _child_env
 from fixtures.rep_blocks import MODELS, batch_norms, build, count_ops, scalars
-from tests.rep_fixtures import SEED, rep_models  # noqa: F401 - a fixture
+from tests.rep_fixtures import SEED
 
 NAMES = list(MODELS)
 
@@ -70,7 +70,7 @@ def references():
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, references, rep_models):  # noqa: F811 - the fixture is imported above
+def exported(tmp_path_factory, references, rep_models):
     """exported(fmt) -> {name: {"out": ndarray, "ops": [...], "feeds": [...]}}: every model
     exported in one child (the session's rep_models, shared with the writer tests), then run in
     one child, per format; cached."""
