@@ -29,9 +29,10 @@ from tests.conftest import NUM_CLASSES, TEST_INPUT
 
 FAST = ["--batch-size", "2", "--batches", "1"]
 PAIR_KEYS = {"a", "b", "max_abs_error", "max_rel_error", "tolerance_ratio", "cosine", "top1_agreement",
-             "top1_differs", "top1_differs_names", "atol", "rtol", "fp16", "elementwise_pass", "pass"}
+             "top1_differs", "top1_differs_names", "atol", "rtol", "fp16", "elementwise_pass", "informative",
+             "atol_capped", "inconclusive", "pass"}
 REPORT_KEYS = {
-    "ok", "device", "onnx_providers", "notes", "arch", "num_classes", "input_size", "images", "inputs", "atol",
+    "ok", "verdict", "device", "onnx_providers", "notes", "arch", "num_classes", "input_size", "images", "inputs", "atol",
     "rtol", "noise_floor", "source", "graphs", "pairs", "per_layer", "deploy_weights_consistent", "mismatched_tensors", "image_set",
 }
 LAYER_KEYS = {"name", "output", "max_abs_error", "scale", "tolerance_ratio", "pass", "why"}
@@ -342,7 +343,7 @@ def test_onnx_written_elsewhere_static_batch_dynamic_size_and_fp16(copy18, tmp_p
     assert [(p.a, p.b) for p in fp16] == [("train", "onnx"), ("paddle-deploy", "onnx"), ("paddle-legacy", "onnx")]
     assert all(p.rtol == verdict.FP16_RTOL and p.top1_agreement is not None for p in fp16)
     assert report.ok, report.format_table()
-    assert "fp16: atol" in report.format_table()
+    assert "float16 model: held to atol 0.01" in report.format_table()
 
     with pytest.raises(ConvertError, match="does not exist"):
         verify(copy18, onnx=tmp_path / "nowhere.onnx")
