@@ -262,6 +262,34 @@ def test_one_tap_of_one_filter_is_masked_at_the_logits_but_named_per_layer(biase
     assert "note: group res3a_branch2b diverges" in report.format_table()
 
 
+def shift_conv_padding(program: Path, weight: str, paddings: list[int]) -> None:
+    """Rewrite, in a PIR inference.json, the paddings of the conv that reads parameter `weight`
+    (its weights stay right: only the geometry the deploy program runs differs from the manifest)."""
+    data = json.loads(program.read_text())
+    ops = data["program"]["regions"][0]["blocks"][0]["ops"]
+    value = next(op["O"]["%"] for op in ops if op["#"] == "p" and op["A"][3] == weight)
+    conv = next(op for op in ops if op["#"] == "1.conv2d" and op["I"][1]["%"] == value)
+    attr = next(a for a in conv["A"] if a["N"] == "paddings")
+    attr["AT"]["D"] = [{"#": "0.a_i32", "D": p} for p in paddings]
+    program.write_text(json.dumps(data))
+
+
+def test_a_deploy_conv_with_another_padding_than_the_manifest_is_named_per_layer(biased, tmp_path) -> None:
+    """paddle-deploy's fused conv of LAYER pads [0, 2, 0, 2] where the manifest (and the fusion)
+    say 1 on every side: same output shape, shifted taps. Per layer recomputes each group from
+    the manifest, so only its check of the deploy conv's geometry can name the group."""
+    out = Path(shutil.copytree(biased[0], tmp_path / "out"))
+    row = next(r for r in biased[1] if r["name"] == LAYER)
+    shift_conv_padding(out / "inference.json", row["deploy_tensors"][0], [0, 2, 0, 2])
+    report = verify(out, batch_size=2, batches=1, per_layer=True)
+    by_pair = {(p.a, p.b): p for p in report.pairs}
+    assert not by_pair[("train", "paddle-deploy")].passed and by_pair[("train", "paddle-legacy")].passed
+    assert report.first_divergent_layer == LAYER
+    layer = next(layer for layer in report.layers if layer.name == LAYER)
+    assert layer.why == "the deploy conv's padding is (0, 2, 0, 2), the manifest says (1, 1, 1, 1)"
+    assert sum(not layer.passed for layer in report.layers) == 1
+
+
 # ------------------------------------------------------------------------------------------
 # correct conversions
 
