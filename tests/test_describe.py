@@ -57,7 +57,7 @@ def test_checkpoint_report(checkpoints) -> None:
     report = inspect_json(ckpt)
 
     assert {"format", "arch", "num_classes", "input_size", "layers", "totals", "ops", "declined", "ignored", "problems"} <= set(report)
-    assert (report["arch"], report["num_classes"], report["input_size"]) == ("resnet18", NUM_CLASSES, 224)
+    assert (report["arch"], report["num_classes"], report["input_size"]) == ("resnet18", NUM_CLASSES, [224, 224])
     assert report["problems"] == []
     assert all(set(row) == LAYER_KEYS for row in report["layers"])
     assert set(report["totals"]) == TOTAL_KEYS
@@ -67,7 +67,7 @@ def test_checkpoint_report(checkpoints) -> None:
     assert len(kinds) == 22 and kinds[-1] == "fc"
     assert kinds.count("sum") == 17 and kinds.count("conv_bn") == 4
     assert report["layers"][0] == {
-        "name": "conv1", "kind": "sum", "branches": ["7x7", "7x1", "1x7"], "kernel": "7x7", "stride": "2",
+        "name": "conv1", "kind": "sum", "branches": ["7x7", "7x1", "1x7"], "kernel": [7, 7], "stride": [2, 2],
         "groups": 1, "in": 3, "out": 64,
         "params_train": 64 * 3 * (49 + 7 + 7) + 3 * 2 * 64, "params_deploy": 64 * 3 * 49 + 64,
     }
@@ -101,13 +101,13 @@ def test_deploy_params_equal_the_fused_weights_on_disk(checkpoints, fused, tmp_p
     assert report["ops"]["deploy"].get("batch_norm", 0) == 0 and report["ops"]["train"]["batch_norm"] == 55
     assert [row["name"] for row in report["layers"]] == [row["name"] for row in from_checkpoint["layers"][:-1]]
     assert (report["format"], report["arch"], report["num_classes"]) == ("fuse-output", "resnet18", NUM_CLASSES)
-    assert report["input_size"] == TEST_INPUT  # from the manifest
+    assert report["input_size"] == [TEST_INPUT, TEST_INPUT]  # from the manifest
     assert report["problems"] == []
     files = {f["name"]: f["bytes"] for f in report["files"]}
     assert files["deploy.pdparams"] == (out / "deploy.pdparams").stat().st_size
     assert {"manifest.json", "inference.pdiparams"} <= set(files)
     bigger = inspect_json(out, "--input-size", str(2 * TEST_INPUT))
-    assert bigger["input_size"] == 2 * TEST_INPUT
+    assert bigger["input_size"] == [2 * TEST_INPUT, 2 * TEST_INPUT]
     assert bigger["totals"]["macs_deploy"] == pytest.approx(4 * report["totals"]["macs_deploy"], rel=0.05)
 
     partial = tmp_path / "partial"

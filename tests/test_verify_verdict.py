@@ -99,7 +99,7 @@ def test_fp16_pairs_get_the_fp16_tolerance() -> None:
 def _report(pairs):
     from acnet_convert.verify.report import SourceInfo, VerifyReport
 
-    return VerifyReport(device="cpu", arch=None, num_classes=None, input_size=32, images=4, inputs="random",
+    return VerifyReport(device="cpu", arch=None, num_classes=None, sizes=[(32, 32, 4)], images=4, inputs="random",
                         atol=1e-4, rtol=1e-5, source=SourceInfo("m", "program", "0" * 64, True), graphs=[],
                         pairs=pairs, mismatched_tensors=[])
 
@@ -191,7 +191,7 @@ def biased(fused, checkpoints):
     out = fused(18, "vars", legacy_bias=True, onnx=True)
     artifacts = Artifacts(out)
     manifest = artifacts.read_manifest()
-    source = open_source(checkpoints(18, "vars", legacy_bias=True), input_size=manifest.input_size)
+    source = open_source(checkpoints(18, "vars", legacy_bias=True), input_size=manifest.input_hw)
     return out, list(manifest.fused), artifacts.load_deploy_weights(), dict(source.graph.weights)
 
 
@@ -355,8 +355,8 @@ def test_deep_resnets_at_224_pass(tmp_path, depth: int, calibrate: bool) -> None
 
     fuse(_dygraph_checkpoint(depth, tmp_path / "ckpt", calibrate), tmp_path / "out", input_size=224, onnx=True,
          paddle_format="pir")
-    report = verify(tmp_path / "out", batch_size=2, batches=1)
-    assert report.images == 2 and report.input_size == 224 and len(report.pairs) == 3
+    report = verify(tmp_path / "out", batch_size=2, batches=1, second_size=False)  # conditioning, not sizes
+    assert report.images == 2 and report.sizes == [(224, 224, 2)] and len(report.pairs) == 3
     assert report.noise_floor is not None and report.noise_floor < 1e-3
     if calibrate:
         assert any("noise floor" in note for note in report.notes), report.notes

@@ -10,7 +10,8 @@ JSON report (`VerifyReport.to_json()`)::
       "onnx_providers": [str],     # ONNX Runtime's providers, in order ([] without ONNX)
       "notes": [str],              # device choice, what was skipped, warnings, verdict remarks
       "arch": str | null, "num_classes": int | null,   # ResNet-ACNet checkpoints; else null
-      "input_size": int,           # H = W of the images fed
+      "sizes": [{"height": int, "width": int, "images": int}],   # the sizes fed: the fused size,
+                                   # and a second (odd, not square) one for a model of any size
       "images": int,               # images compared
       "inputs": "random" | "npy" | "images",
       "atol": float, "rtol": float,
@@ -57,7 +58,8 @@ JSON report (`VerifyReport.to_json()`)::
         "skipped": int, "skipped_files": [{"name": str, "error": str}],   # corrupt, unreadable
         "labelled": int,           # images with a known class
         "accuracy": {graph: {"top1": float, "top5": float}} | null,       # when labelled
-        "preprocess": {"resize_short": int, "crop": int, "mean": [float], "std": [float],
+        "preprocess": {"resize_short": int | null, "resize": [int, int] | null, "crop": [int, int],
+                       "mean": [float], "std": [float],
                        "scale": float, "interpolation": str, "from": str}
       }
     }
@@ -115,13 +117,14 @@ class SourceInfo:
 class Preprocessing:
     """How --images were turned into tensors (see deploy_config.Preprocess), for the report."""
 
-    resize_short: int
-    crop: int
+    resize_short: int | None
+    crop: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     scale: float
     interpolation: str
     origin: str  # where it came from: "OUT/inference.yml", "defaults", "+ flags"
+    resize: tuple[int, int] | None = None  # (H, W): the whole image resized to it (no short side)
 
 
 @dataclass
@@ -145,7 +148,8 @@ class ImageSetResult:
             "root": self.root, "found": self.found, "read": self.read, "skipped": len(self.skipped),
             "skipped_files": [{"name": n, "error": e} for n, e in self.skipped],
             "labelled": self.labelled, "accuracy": self.accuracy(),
-            "preprocess": {"resize_short": p.resize_short, "crop": p.crop, "mean": list(p.mean), "std": list(p.std),
+            "preprocess": {"resize_short": p.resize_short, "resize": None if p.resize is None else list(p.resize),
+                           "crop": list(p.crop), "mean": list(p.mean), "std": list(p.std),
                            "scale": p.scale, "interpolation": p.interpolation, "from": p.origin},
         }
 
@@ -155,7 +159,7 @@ class VerifyReport:
     device: str
     arch: str | None
     num_classes: int | None
-    input_size: int
+    sizes: list[tuple[int, int, int]]  # (H, W, images fed at that size)
     images: int
     inputs: str
     atol: float
@@ -272,7 +276,7 @@ class VerifyReport:
             "notes": list(self.notes) + remarks,
             "arch": self.arch,
             "num_classes": self.num_classes,
-            "input_size": self.input_size,
+            "sizes": [{"height": h, "width": w, "images": n} for h, w, n in self.sizes],
             "images": self.images,
             "inputs": self.inputs,
             "atol": self.atol,
@@ -292,11 +296,14 @@ class VerifyReport:
         """The report for a terminal: no line wider than WIDTH columns (names and paths aside)."""
         what = self.arch or "model"
         classes = f", {self.num_classes} classes" if self.num_classes else ""
-        size = f"{self.input_size}x{self.input_size}"
         kind = "" if self.inputs == "images" else f"{self.inputs} "  # "8 random images", not "9 images images"
+        sizes = " and ".join(f"{n} of {h}x{w}" for h, w, n in self.sizes[1:])
+        size = f"{self.sizes[0][0]}x{self.sizes[0][1]}" if self.sizes else "?"
         rtol = next((p.rtol for p in self.pairs if not p.fp16), self.rtol)
+        first = self.sizes[0][2] if self.sizes else self.images
         lines = [
-            f"{printable(what)}{classes}: {self.images} {kind}images of {size} on the {self.device.upper()}",
+            f"{printable(what)}{classes}: {first} {kind}images of {size}{' and ' + sizes if sizes else ''} on the "
+            f"{self.device.upper()}",
             f"pass when |a - b| <= {self.atol:g} + {rtol:.2g} x each image's largest |output|",
             f"  {'pair':<29} {'max abs':>8} {'max rel':>8} {'of tol':>7} {'min cos':>8} {'top-1':>6}  result",
         ]
