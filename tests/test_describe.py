@@ -203,3 +203,25 @@ def test_program_report_names_groups_and_declined_sums(cnn_models) -> None:
     assert any("different strides" in d["reason"] for d in negative["declined"])
     text = run(cnn_models("neg_strides")).stdout
     assert "sums left as they are: 1" in text and "different strides" in text
+
+
+def test_inspect_json_follows_the_readme_schema(checkpoints, fused, cnn_models) -> None:  # noqa: F811
+    """Every key of a checkpoint's, an OUT's and a program's report is in the README's schema;
+    kernels, strides and the input size are [H, W] ints, every count an int."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("`inspect --json` schema", 1)[1].split("```", 2)[1]
+    documented = set(re.findall(r'"([a-z0-9_]+)":', block))
+    for path in (checkpoints(18, "vars"), fused(18, "vars"), cnn_models("repvgg")):
+        report = inspect_json(path)
+        keys = set(report) | {k for row in report["layers"] for k in row} | set(report["totals"])
+        keys |= {k for d in report["declined"] for k in d} | set(report.get("source") or {})
+        keys |= {k for f in report.get("files", []) for k in f}
+        assert keys <= documented, keys - documented
+        size = report["input_size"]
+        assert size is None or (len(size) == 2 and all(type(v) is int for v in size))
+        for row in report["layers"]:
+            for key in ("kernel", "stride"):
+                assert row[key] is None or (len(row[key]) == 2 and all(type(v) is int for v in row[key])), row
+            assert all(type(row[k]) is int for k in ("in", "out", "params_train", "params_deploy"))

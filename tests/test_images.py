@@ -301,3 +301,22 @@ def test_verify_images_per_layer_checks_the_first_batch(out18_images, tmp_path) 
     report = verify(broken, images=tmp_path / "imgs", batch_size=2, per_layer=True)
     assert not report.ok and report.per_layer_images == 2
     assert [layer.name for layer in report.layers if not layer.passed] == [PERTURBED_LAYER]
+
+
+def test_per_layer_uses_the_first_batch_that_holds_a_readable_image(out18_images, tmp_path) -> None:
+    """The first batch's two files are both unreadable: --per-layer takes the next batch (it
+    used to stop: "the first batch of images could not be read"); the bad files are named."""
+    root = tmp_path / "imgs"
+    for name in ("a0.jpg", "a1.png"):  # sorted first: the whole first batch of 2
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    for i in range(3):
+        photo(root / f"b{i}.jpg", (90, 80), seed=i)
+    report = verify(out18_images, images=root, batch_size=2, per_layer=True)
+    assert report.ok and report.images == 3 and report.per_layer_images == 2
+    assert [name for name, _ in report.image_set.skipped] == ["a0.jpg", "a1.png"]
+    assert all("not an image Pillow can read" in why for _, why in report.image_set.skipped)  # not a file object
+    for name in ("b0.jpg", "b1.jpg", "b2.jpg"):
+        (root / name).unlink()
+    with pytest.raises(ConvertError, match="--per-layer: no image could be read"):
+        verify(out18_images, images=root, batch_size=2, per_layer=True)

@@ -191,3 +191,22 @@ def test_widened_rtol_and_its_cap(noise: float, expected: float) -> None:
 
 def test_widening_never_narrows_the_users_rtol() -> None:
     assert widened_rtol(5e-3, 0.0) == 5e-3 and widened_rtol(5e-3, 1.0) == 5e-3
+
+
+def test_nonfinite_outputs_agree_only_when_allowed_and_alike() -> None:
+    """--allow-nonfinite: NaN (or the same Inf) at the same place in both graphs is equal; a
+    NaN in one graph only, or another Inf, still fails; without the flag any NaN fails."""
+    x = logits(1.0, n=3)
+    x[:, 3] = np.nan
+    x[0, 5] = np.inf
+    assert not compare(x, x.copy(), ("train", "onnx"), ATOL, RTOL).passed
+    stats = PairStats("train", "onnx", ATOL, RTOL, allow_nonfinite=True)
+    stats.update([x], [x.copy()])
+    assert stats.result().passed and stats.nonfinite == 4
+    for i, j, value in [(1, 3, 0.5), (0, 5, -np.inf), (2, 0, np.nan)]:
+        y = x.copy()
+        y[i, j] = value
+        stats = PairStats("train", "onnx", ATOL, RTOL, allow_nonfinite=True)
+        stats.update([x], [y])
+        assert not stats.result().passed, (i, j, value)
+    assert noise_floor([x], [x.copy()], allow_nonfinite=True) == 0.0 and noise_floor([x], [x.copy()]) == np.inf

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
+
 from acnet_convert.out.artifacts import Artifacts, InputRecord, Manifest, SourceRecord, new_manifest
 from acnet_convert.common.errors import ConvertError, UsageError
 from acnet_convert.common.sizes import Size, SizeLike, as_size, size_text
@@ -40,6 +42,21 @@ class FuseResult:
         """Fused groups by kind: sums of branches, lone conv+BN folds."""
         kinds = [f.group.kind for f in self.fused]
         return {"sum": kinds.count("sum"), "conv_bn": kinds.count("conv_bn")}
+
+    def summary(self) -> str:
+        """One line: what was fused into what; parts that count nothing are left out."""
+        counts = self.counts
+        what = self.manifest.arch or printable(self.source.path)
+        classes = f" ({self.manifest.num_classes} classes)" if self.manifest.num_classes else ""
+        parts = [f"{counts['sum']} branch sums" if counts["sum"] else "", f"{counts['conv_bn']} conv+BN" if counts["conv_bn"] else ""]
+        fused = " and ".join(p for p in parts if p)
+        total = counts["sum"] + counts["conv_bn"]
+        line = f"fused {what}{classes}: {fused} into {total} convs" if total else f"fused {what}{classes}: nothing folds"
+        if self.declined:
+            line += f"; left {len(self.declined)} sums as they are (see inspect)"
+        if self.source.kind == "checkpoint" and self.source.ignored:
+            line += f"; ignored {self.source.ignored} non-weight variables"
+        return line
 
 
 def _write_inference_config(artifacts: Artifacts, source: Source, size: Size) -> str | None:
@@ -132,6 +149,8 @@ def fuse(
     release = None if reference_layout else source.release
     fused = fuse_graph(source.graph, groups, allow_nonfinite, warnings.append, track, release=release)
     deploy = deploy_graph(source.graph, fused)
+    if allow_nonfinite and not all(np.isfinite(w).all() for w in deploy.weights.values() if w.dtype.kind == "f"):
+        warnings.append("the deploy weights hold NaN or Inf: verify this OUT with --allow-nonfinite")
     deploy_totals = graph_totals(deploy)
     timings["fusion"] = time.perf_counter() - start
 

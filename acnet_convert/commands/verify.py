@@ -35,6 +35,7 @@ from acnet_convert.out.artifacts import Artifacts, Manifest
 from acnet_convert.out.deploy_config import Preprocess, default_preprocess, read_inference_config
 from acnet_convert.verify.device import resolve_device
 from acnet_convert.common.errors import ConvertError, UsageError
+from acnet_convert.common.regular_file import not_a_file
 from acnet_convert.common.sizes import SizeLike, size_text
 from acnet_convert.verify.sizes import accepted, second_sizes, takes_any_size
 from acnet_convert.verify.deploy_weights import DeployModel, check_deploy_weights
@@ -73,7 +74,7 @@ def feedable_shape(manifest: Manifest) -> tuple[int, ...]:
 
 
 def open_train_source(manifest: Manifest, artifacts: Artifacts, override: Path | None, size: SizeLike | None,
-                      note: Callable[[str], None]):
+                      note: Callable[[str], None], allow_nonfinite: bool = False):
     """The source named in the manifest (or `override`), opened; its sha256 must match the
     manifest's unless `override` names it. A checkpoint's program is built for `size` (H, W),
     or for any size when None."""
@@ -92,7 +93,8 @@ def open_train_source(manifest: Manifest, artifacts: Artifacts, override: Path |
     if program is not None:
         source = open_source(path)
     else:
-        source = open_source(path, arch=manifest.arch or "auto", num_classes=manifest.num_classes, input_size=size)
+        source = open_source(path, arch=manifest.arch or "auto", num_classes=manifest.num_classes, input_size=size,
+                             allow_nonfinite=allow_nonfinite)
     for warning in source.warnings:
         note(f"warning: {warning}")
     checked = recorded.sha256 == source.sha256
@@ -210,21 +212,25 @@ def verify(
     device: str = "auto",
     per_layer: bool = False,
     second_size: bool = True,
+    allow_nonfinite: bool = False,
     note: Callable[[str], None] = lambda _text: None,
     track: Track | None = None,
 ) -> VerifyReport:
     """Compare the train-form model, every Paddle deploy model in `out_dir` and its ONNX model
     (if any); see the module docstring. Random inputs for a model of any size are fed at a
-    second size too (`verify.sizes`) unless `second_size` is False. Raises ConvertError for bad
-    input; a mismatch is a report with `ok == False`."""
+    second size too (`verify.sizes`) unless `second_size` is False. `allow_nonfinite` (a model
+    fused with --allow-nonfinite) opens a source whose weights hold NaN/Inf, and counts outputs
+    that are NaN (or the same Inf) in both graphs as equal. Raises ConvertError for bad input;
+    a mismatch is a report with `ok == False`."""
     _check_options(atol, rtol, batch_size, batches, inputs, images, labels, ckpt, source)
     artifacts = Artifacts(out_dir)
     manifest = artifacts.read_manifest()
     artifacts.check_complete(manifest)
     log = _Log(note)
     onnx_path = Path(onnx) if onnx is not None else (artifacts.onnx if artifacts.onnx.is_file() else None)
-    if onnx_path is not None and not onnx_path.is_file():
-        raise ConvertError(f"--onnx {printable(onnx_path)} does not exist")
+    why = None if onnx_path is None else not_a_file(onnx_path)
+    if why:
+        raise ConvertError(f"--onnx {printable(onnx_path)} {why}")
     overrides = {"resize_short": resize_short, "crop": crop, "mean": mean, "std": std}
     feed = _feed(artifacts, manifest, image_shape(manifest), inputs, images, labels, overrides, batch_size, batches,
                  seed, log.say)  # the user's inputs first: their errors come before any note or heavy work
@@ -247,7 +253,7 @@ def verify(
     with tempfile.TemporaryDirectory(prefix="acnet-verify-") as tmp:
         with log.timed("train graph"):
             train, info = open_train_source(manifest, artifacts, source if source is not None else ckpt,
-                                            None if any_size else shape[1:], log.say)
+                                            None if any_size else shape[1:], log.say, allow_nonfinite)
             files = train_files(train, Path(tmp))
             train_ops = op_names(train.program.ops)
         first = feed.first()  # an image stream cannot be peeked again once it has run
@@ -267,7 +273,8 @@ def verify(
         candidates = second_sizes(shape[1:]) if second_size and any_size and feed.kind == "random" else []
         if first is not None:
             with log.timed("noise floor"):
-                noise, second, refused = _train_as_written(files, target, train_ops, first, candidates, seed)
+                noise, second, refused = _train_as_written(files, target, train_ops, first, candidates, seed,
+                                                           allow_nonfinite)
             judged = widened_rtol(rtol, noise)
             if judged > rtol:
                 log.say(f"float32 noise floor {noise:.1e} of the largest |output|: rtol widened to {judged:.2g}")
@@ -287,10 +294,13 @@ def verify(
 
         def stats_of(fp16: dict[str, bool]) -> list[PairStats]:
             names = list(fp16)  # the graphs that ran, in order
-            return [PairStats(a, b, atol, judged, fp16=fp16.get(a, False) or fp16.get(b, False))
-                    for i, a in enumerate(names) for b in names[i + 1 :]]
+            return [PairStats(a, b, atol, judged, fp16=fp16.get(a, False) or fp16.get(b, False),
+                              allow_nonfinite=allow_nonfinite) for i, a in enumerate(names) for b in names[i + 1 :]]
 
         result = feed.run(factories, stats_of, track, log.say, release_memory)
+    agreed = max((s.nonfinite for s in result.stats), default=0)
+    if agreed:
+        log.say(f"{agreed} output values are NaN or Inf in both graphs alike (--allow-nonfinite): compared as equal")
     log.timings.update(result.timings)
     return VerifyReport(
         device=target.name, arch=manifest.arch, num_classes=manifest.num_classes,
@@ -333,7 +343,8 @@ def _feed_sizes(feed: MemoryFeed | ImageFeed, shape: tuple[int, ...]) -> list[tu
 
 
 def _train_as_written(files: tuple[Path, Path], target: Any, ops: Any, batch: np.ndarray,
-                      candidates: Sequence[tuple[int, int]], seed: int) -> tuple[float, tuple[int, int] | None, list[str]]:
+                      candidates: Sequence[tuple[int, int]], seed: int, allow_nonfinite: bool = False
+                      ) -> tuple[float, tuple[int, int] | None, list[str]]:
     """The train graph's own float32 noise on `batch`: as written vs under Paddle's optimised
     kernels (BN folded, oneDNN), two computations of one function (verdict's docstring); and,
     from the runtime that ran it as written, the first of `candidates` it runs at (`sizes`)."""
@@ -348,4 +359,4 @@ def _train_as_written(files: tuple[Path, Path], target: Any, ops: Any, batch: np
         b = optimised(batch)
     finally:
         optimised.close()
-    return noise_floor(a, b), second, refused
+    return noise_floor(a, b, allow_nonfinite), second, refused

@@ -232,7 +232,8 @@ class Artifacts:
     def read_manifest(self) -> Manifest:
         root, path = self.root, self.manifest_path
         if not root.is_dir():
-            raise ConvertError(f"{printable(root)} does not exist or is not a directory")
+            why = "does not exist" if not os.path.lexists(root) else "is not a folder (OUT is the folder fuse wrote)"
+            raise ConvertError(f"{printable(root)} {why}")
         if not path.is_file():
             raise ConvertError(f"{printable(path)} is missing: {printable(root)} is not an output of '{TOOL} fuse'")
         try:

@@ -21,6 +21,7 @@ import numpy as np
 from acnet_convert.out.deploy_config import Preprocess
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.verify.runners import Runner
+from acnet_convert.common.regular_file import not_a_file
 from acnet_convert.common.sizes import size_text
 from acnet_convert.common.text import printable
 from acnet_convert.verify.verdict import NAMED, PairStats
@@ -81,8 +82,9 @@ def load_inputs(path: Path, shape: tuple[int, ...], batch_size: int) -> list[np.
     path = Path(path)
     if path.suffix != ".npy":
         raise ConvertError(f"--inputs {printable(path)}: expected a .npy file (numpy.save of a float32 [N,C,H,W] array)")
-    if not path.is_file():
-        raise ConvertError(f"--inputs {printable(path)} does not exist")
+    why = not_a_file(path)
+    if why:
+        raise ConvertError(f"--inputs {printable(path)} {why}")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)  # header checks before reading
     except (ValueError, OSError, EOFError) as err:

@@ -33,7 +33,7 @@ import numpy as np
 
 from acnet_convert.out.deploy_config import Preprocess
 from acnet_convert.common.errors import ConvertError
-from acnet_convert.common.regular_file import kind_of
+from acnet_convert.common.regular_file import kind_of, not_a_file
 from acnet_convert.common.text import one_line, printable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -70,8 +70,9 @@ def _walk(folder: Path, prefix: str) -> Iterator[str]:
 def read_labels(path: Path) -> dict[str, int]:
     """`name index` lines (blank lines and # comments skipped) -> {name: index}."""
     path = Path(path)
-    if not path.is_file():
-        raise ConvertError(f"--labels {printable(path)} does not exist")
+    why = not_a_file(path)
+    if why:
+        raise ConvertError(f"--labels {printable(path)} {why}")
     if path.stat().st_size > _MAX_LABEL_BYTES:
         raise ConvertError(f"--labels {printable(path)} is too large to be a label list")
     labels: dict[str, int] = {}

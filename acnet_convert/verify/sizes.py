@@ -57,13 +57,11 @@ def accepted(run: Callable[[Any], Any], candidates: Sequence[Size], channels: in
     for h, w in candidates:
         probe = np.random.default_rng(seed).standard_normal((1, channels, h, w), dtype=np.float32)
         try:
-            outputs = run(probe)
+            run(probe)
         except Exception as err:  # noqa: BLE001 - Paddle raises many types for a shape it cannot take
             from acnet_convert.common.text import one_line
 
             refused.append(f"{h}x{w}: {one_line(err, 120)}")
             continue
-        if all(np.isfinite(o).all() for o in outputs):
-            return (h, w), refused
-        refused.append(f"{h}x{w}: not finite")
+        return (h, w), refused
     return None, refused

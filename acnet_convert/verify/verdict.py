@@ -86,11 +86,15 @@ def per_sample(outputs: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1) for o in outputs], axis=1)
 
 
-def noise_floor(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
+def noise_floor(a: Sequence[np.ndarray], b: Sequence[np.ndarray], allow_nonfinite: bool = False) -> float:
     """max over samples of max_j |a_ij - b_ij| / s_i (s_i from `a`): how far two float32
-    computations of one function drift apart, relative to each sample's scale."""
+    computations of one function drift apart, relative to each sample's scale. With
+    `allow_nonfinite`, NaN (or the same Inf) in both at one place counts as no difference."""
     x, y = per_sample(a), per_sample(b)
     with np.errstate(invalid="ignore"):
+        if allow_nonfinite:
+            same = ~np.isfinite(x) & ((x == y) | (np.isnan(x) & np.isnan(y)))
+            x, y = np.where(same, 0.0, x), np.where(same, 0.0, y)
         worst = np.abs(x - y).max(axis=1) / np.maximum(np.abs(x).max(axis=1), REL_FLOOR)
     return float(worst.max()) if np.isfinite(worst).all() else float("inf")
 
@@ -184,10 +188,15 @@ class PairStats:
     """The comparison of graph `b` with the reference `a`, accumulated batch by batch: memory
     does not grow with the number of images."""
 
-    def __init__(self, a: str, b: str, atol: float, rtol: float, fp16: bool = False) -> None:
+    def __init__(self, a: str, b: str, atol: float, rtol: float, fp16: bool = False,
+                 allow_nonfinite: bool = False) -> None:
         if fp16:
             atol, rtol = max(atol, FP16_ATOL), max(rtol, FP16_RTOL)
         self.a, self.b, self.atol, self.rtol, self.fp16 = a, b, atol, rtol, fp16
+        # a model fused with --allow-nonfinite: NaN (or the same Inf) in both graphs at the same
+        # place is the same function; those elements count as equal (0), and are counted
+        self.allow_nonfinite = allow_nonfinite
+        self.nonfinite = 0
         self.samples = 0
         self.max_abs = 0.0
         self.max_rel = 0.0
@@ -205,8 +214,13 @@ class PairStats:
         """One batch: the outputs of both graphs, each a list of [N, ...] arrays."""
         x, y = per_sample(a), per_sample(b)
         n = len(x)
-        diff = np.abs(x - y)
-        with np.errstate(invalid="ignore"):
+        if self.allow_nonfinite:
+            with np.errstate(invalid="ignore"):
+                same = ~np.isfinite(x) & ((x == y) | (np.isnan(x) & np.isnan(y)))
+            self.nonfinite += int(same.sum())
+            x, y = np.where(same, 0.0, x), np.where(same, 0.0, y)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN and Inf are judged below, not warned about
+            diff = np.abs(x - y)
             worst = diff.max(axis=1)  # NaN propagates
             scale = np.abs(x).max(axis=1)
             r = spread(x)
@@ -221,7 +235,8 @@ class PairStats:
             cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(same, 1.0, 0.0))
             self.elementwise &= bool(np.all(diff <= self.atol + self.rtol * np.abs(x)))  # NaN: False
         self.max_abs = max(self.max_abs, float(worst.max()))
-        self.max_rel = max(self.max_rel, float((worst / np.maximum(scale, REL_FLOOR)).max()))
+        with np.errstate(invalid="ignore"):
+            self.max_rel = max(self.max_rel, float((worst / np.maximum(scale, REL_FLOOR)).max()))
         self.ratio = max(self.ratio, float(ratio.max()))
         self.cosine = min(self.cosine, float(np.nan_to_num(cosines, nan=-1.0).min()))
         self.classifier &= len(a) == 1 and np.asarray(a[0]).ndim == 2
