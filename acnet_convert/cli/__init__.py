@@ -47,8 +47,8 @@ def cli(ctx: click.Context, verbose: bool, quiet_mode: bool) -> None:
 @click.option("--num-classes", type=NUM_CLASSES, default=None,
               help="Class count; default: read from fc_0.b_0.")
 @click.option("--input-size", type=SIZE, default=None,
-              help="N or HxW: the input size where the model leaves it open (default 224; a program "
-                   "exported for one size keeps it).")
+              help="N or HxW, each side 32..8192: the input size where the model leaves it open (default "
+                   "224; a program exported for one size keeps it).")
 @click.option("--onnx", "with_onnx", is_flag=True, help="Also write OUT/model.onnx.")
 @click.option("--dynamic-size", is_flag=True, help="With --onnx: height and width symbolic (any input size).")
 @click.option("--paddle-format", type=click.Choice(["auto", "pir", "legacy", "both"]), default="auto", show_default=True,
@@ -81,15 +81,7 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
     result = run_fuse(source, track=ui.progress, note=ui.note, **options)
     for warning in result.warnings:
         ui.note(f"warning: {printable(warning, 400)}")
-    counts = result.counts
-    what = result.manifest.arch or f"{printable(source)}"
-    classes = f" ({result.manifest.num_classes} classes)" if result.manifest.num_classes else ""
-    ignored = f"; ignored {result.source.ignored} non-weight variables" if result.source.kind == "checkpoint" else ""
-    declined = f"; left {len(result.declined)} sums as they are (see inspect)" if result.declined else ""
-    ui.result(
-        f"fused {what}{classes}: {counts['sum']} branch sums and {counts['conv_bn']} conv+BN into "
-        f"{counts['sum'] + counts['conv_bn']} convs{declined}{ignored}"
-    )
+    ui.result(result.summary())
     program = Artifacts(result.out_dir).program(result.manifest.formats[0])
     ui.result(f"deploy model: {printable(program)} (wrote {', '.join(result.files)})")
 
@@ -151,6 +143,9 @@ def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **o
 @click.option("--std", default=None, callback=three_floats, help="With --images: R,G,B std (of x / 255).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
 @click.option("--per-layer", is_flag=True, help="Also check every fused group alone and name the first that diverges.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="For an OUT fused with --allow-nonfinite: read the source's NaN/Inf weights, and count outputs "
+                   "that are NaN or Inf in both graphs alike as equal.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the report as JSON ('-' for stdout).")
 @click.pass_obj
@@ -177,7 +172,8 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
         else:
             staging.write_file(json_path, (text + "\n").encode(), replace=True, what="--json", check=destination.verify_report)
     if str(json_path) != "-":
-        ui.result(report.format_table())
+        ui.result(report.format_table().rsplit("\n", 1)[0])  # the table, then its verdict line
+        ui.verdict(report.verdict, always=not report.ok)
     return 0 if report.ok else 1
 
 

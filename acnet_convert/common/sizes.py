@@ -24,7 +24,7 @@ def as_size(value: SizeLike) -> Size:
 def parse_size(text: str, option: str, low: int = MIN_SIZE, high: int = MAX_SIZE) -> Size:
     """'224' -> (224, 224), '48x160' -> (48, 160); each side in [low, high], else a usage error
     naming `option`."""
-    match = re.fullmatch(r"\s*(\d{1,6})\s*(?:[xX*]\s*(\d{1,6})\s*)?", str(text))
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX*]\s*(\d+)\s*)?", str(text))
     if not match:
         raise UsageError(f"{option} {text!r}: expected N or HxW (height x width), e.g. 224 or 48x160")
     h = int(match.group(1))
