@@ -136,6 +136,14 @@ def test_a_model_that_is_not_square_is_not_square_anywhere(exported, tmp_path) -
     report = verify(out, batch_size=2, batches=1)
     assert report.ok and report.sizes == [(48, 160, 2)]  # fixed: that size only
     assert "2 random images of 48x160 on the" in report.format_table()
+    from tests.test_images import photo
+
+    for i in range(2):
+        photo(tmp_path / "photos" / f"{i}.jpg", (120 + 9 * i, 90), seed=i)
+    report = verify(out, images=tmp_path / "photos", batch_size=2)  # as inference.yml says: resized to 48x160
+    assert report.ok and report.sizes == [(48, 160, 2)] and report.image_set.preprocess.resize == (48, 160)
+    with pytest.raises(UsageError, match="the crop is 48x150, but the deploy model takes 48x160 images only"):
+        verify(out, images=tmp_path / "photos", crop=(48, 150))
 
     refused = CliRunner().invoke(cli, ["fuse", str(source), str(tmp_path / "other"), "--input-size", "160"])
     assert refused.exit_code == 2, refused.output
