@@ -165,16 +165,15 @@ def test_an_interruption_starts_its_own_line() -> None:
 
 def test_fuse_prints_no_zero_counts() -> None:
     def summary(sums: int, conv_bn: int, ignored: int, kind: str = "program") -> str:
-        groups = [SimpleNamespace(group=SimpleNamespace(kind="sum"))] * sums
-        groups += [SimpleNamespace(group=SimpleNamespace(kind="conv_bn"))] * conv_bn
-        manifest = SimpleNamespace(arch=None, num_classes=None)
+        rows = [{"kind": "sum"}] * sums + [{"kind": "conv_bn"}] * conv_bn
+        manifest = SimpleNamespace(arch=None, num_classes=None, fused=rows)
         source = SimpleNamespace(path=Path("train/inference.json"), kind=kind, ignored=ignored)
-        return FuseResult(Path("out"), source, manifest, groups, [], [], []).summary()
+        return FuseResult(Path("out"), source, manifest, [], [], [], []).summary()
 
-    assert summary(2, 0, 0) == "fused train/inference.json: 2 branch sums into 2 convs"
-    assert summary(0, 3, 0) == "fused train/inference.json: 3 conv+BN into 3 convs"
+    assert summary(2, 0, 0) == "fused train/inference.json: 2 branch sums into 2 convs, each proven"
+    assert summary(0, 3, 0) == "fused train/inference.json: 3 conv+BN into 3 convs, each proven"
     assert summary(0, 0, 0) == "fused train/inference.json: nothing folds"
-    assert summary(17, 4, 0, "checkpoint").endswith("17 branch sums and 4 conv+BN into 21 convs")
+    assert summary(17, 4, 0, "checkpoint").endswith("17 branch sums, 4 conv+BN into 21 convs, each proven")
     assert summary(17, 4, 169, "checkpoint").endswith("; ignored 169 non-weight variables")
 
 
