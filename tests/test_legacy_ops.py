@@ -183,3 +183,35 @@ def test_every_legacy_handler_is_exercised(exported, tmp_path) -> None:
             ops = _exercised[name]
         seen |= ops
     assert set(legacy_ops.supported_ops()) - seen == set()
+
+
+def test_a_batch_norm_paddles_legacy_op_refuses_leaves_the_pir_model_alone(tmp_path) -> None:
+    """Paddle's legacy batch_norm refuses an epsilon above 1e-3; a BatchNorm2D(epsilon=0.01) that
+    follows no conv stays in the deploy graph. `--paddle-format auto` writes the PIR model with a
+    warning (it used to fail the whole fuse, exit 3); `both` is refused, naming the op."""
+    import paddle
+    import paddle.nn.functional as F
+    from paddle import nn
+
+    from acnet_convert.commands.fuse import fuse
+    from acnet_convert.common.errors import ConvertError
+
+    class Late(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2D(3, 4, 3, padding=1), nn.BatchNorm2D(4, epsilon=0.01)
+
+        def forward(self, image):
+            return self.bn(F.relu(self.conv(image)))
+
+    layer = Late()
+    layer.eval()
+    prefix = tmp_path / "src" / "inference"
+    paddle.jit.save(layer, str(prefix), input_spec=[paddle.static.InputSpec([None, 3, SIZE, SIZE], "float32", "image")])
+    result = fuse(prefix, tmp_path / "auto")
+    assert result.manifest.formats == ("pir",) and not (tmp_path / "auto" / "inference.pdmodel").exists()
+    assert any("no legacy inference.pdmodel" in w and "'epsilon' should be less" in w for w in result.warnings)
+    assert '"legacy"' not in (tmp_path / "auto" / "manifest.json").read_text()
+    with pytest.raises(ConvertError, match="Paddle refused the legacy op 'batch_norm'"):
+        fuse(prefix, tmp_path / "both", paddle_format="both")
+    assert not (tmp_path / "both").exists()

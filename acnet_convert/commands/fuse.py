@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -131,7 +131,7 @@ def fuse(
 ) -> FuseResult:
     source_path, out = Path(source_path), Path(out)
     if paddle_format not in PADDLE_FORMATS:
-        raise ConvertError(f"--paddle-format {printable(paddle_format)}: choose one of {', '.join(PADDLE_FORMATS)}")
+        raise UsageError(f"--paddle-format {printable(paddle_format)}: choose one of {', '.join(PADDLE_FORMATS)}")
     check_destination(out, force, [source_path])  # before any work: OUT apart from SOURCE, replaceable
     timings: dict[str, float] = {}
     warnings: list[str] = []
@@ -191,7 +191,14 @@ def fuse(
                 from acnet_convert.write.legacy.writer import write_legacy_program
 
                 legacy_start = time.perf_counter()
-                write_legacy_program(artifacts, deploy)
+                try:
+                    write_legacy_program(artifacts, deploy)
+                except ConvertError as err:  # Paddle refused an op (a BN epsilon above 1e-3): auto falls back
+                    if paddle_format != "auto":
+                        raise
+                    warnings.append(f"no legacy inference.pdmodel: {str(err).rstrip('.')}; the PIR model is written")
+                    formats.remove("legacy")
+                    manifest = replace(manifest, formats=tuple(formats))
                 if "pir" not in formats:
                     artifacts.program("pir").unlink()
                 timings["legacy"] = time.perf_counter() - legacy_start
