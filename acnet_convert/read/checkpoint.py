@@ -87,6 +87,9 @@ def is_training_state(name: str) -> bool:
     return "@" in name or _TRAINING_STATE_RE.search(name) is not None
 
 
+# suffixes of files that are not checkpoint variables (Paddle names those by variable, no suffix)
+_OTHER_FILES = frozenset(".jpg .jpeg .png .bmp .webp .gif .tif .tiff .txt .md .json .yml .yaml .csv .npy .npz .onnx .pt "
+                         ".pth .h5 .ckpt .zip .tar .gz .py".split())
 # what SOURCE may be, for the messages that say it is none of them
 SOURCE_FORMS = ("a train-form inference model (PREFIX.json or PREFIX.pdmodel with PREFIX.pdiparams: the folder, "
                 "the prefix or the program file) or a ResNet-ACNet checkpoint (a folder of per-variable files, a "
@@ -250,7 +253,10 @@ def _read_per_variable(folder: Path, listed: list[Path], digest: bool) -> Checkp
                 _hash_header(hasher, f.name, file_size(fh))
                 tensors[f.name] = read_lod_tensor(fh, str(f), hasher)
         except ConvertError:
-            if not tensors and not any(_looks_like_lod_tensor(v, folder) for v in variables):
+            # a folder of something else (images, documents) is named as such; a damaged tensor
+            # file among variables, or one swapped for a FIFO, keeps its own message
+            if (not tensors and any(v.suffix.lower() in _OTHER_FILES for v in variables)
+                    and not any(_looks_like_lod_tensor(v, folder) for v in variables)):
                 raise ConvertError(f"{printable(folder)} holds no Paddle tensor file ({_names(variables)}): it is "
                                    f"not a model; expected {SOURCE_FORMS}") from None
             raise
