@@ -233,7 +233,7 @@ def test_shape_ops_have_legacy_translations_equal_to_paddle(shape_ops: Path, tmp
     legacy, pir = _legacy_and_pir(shape_ops, tmp_path / "out")
     ops = {op.type for op in legacy_writer.translate(read_graph(load_program(*program_files(tmp_path / "out")))).ops}
     assert {"expand_v2", "shape", "stack", "fill_any_like", "sqrt", "logical_not", "elementwise_mul"} <= ops
-    assert len(legacy) == len(pir) == 6 and pir[0].shape == (3, 3, 20, 16)
+    assert len(legacy) == len(pir) == 7 and pir[0].shape == (3, 3, 20, 16)
     for got, want in zip(legacy, pir):
         assert got.dtype == want.dtype and got.shape == want.shape
         assert np.abs(got.astype(np.float64) - want).max() <= 1e-6 * max(1.0, float(np.abs(want).max()))
