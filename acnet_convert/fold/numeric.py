@@ -75,9 +75,13 @@ def conv2d(x: np.ndarray | RankOne, kernel: np.ndarray, bias: np.ndarray | None,
         raise ValueError("the input is smaller than the kernel")
     windows = sliding_window_view(x, (span_h, span_w), axis=(2, 3))[:, :, ::stride[0], ::stride[1], ::dh, ::dw]
     oh, ow = windows.shape[2:4]
-    windows = windows.reshape(n, groups, per_group, oh, ow, kh, kw)
-    k = np.asarray(kernel, np.float64).reshape(groups, out_c // groups, per_group, kh, kw)
-    out = np.einsum("ngchwij,gocij->ngohw", windows, k, optimize=True).reshape(n, out_c, oh, ow)
+    # one batched matmul per call (im2col): [g, n*oh*ow, c/g*kh*kw] @ [g, c/g*kh*kw, o/g]; an
+    # einsum that plans its contraction on every call costs more than the arithmetic on probes
+    columns = windows.reshape(n, groups, per_group, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
+    columns = columns.reshape(groups, n * oh * ow, per_group * kh * kw)
+    k = np.asarray(kernel, np.float64).reshape(groups, out_c // groups, per_group * kh * kw).transpose(0, 2, 1)
+    out = np.matmul(columns, k).reshape(groups, n, oh, ow, out_c // groups)
+    out = out.transpose(1, 0, 4, 2, 3).reshape(n, out_c, oh, ow)
     if bias is not None:
         out += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
     return out

@@ -54,9 +54,14 @@ class _Analysis:
         self.readers = graph.consumers()
         self.outputs = set(graph.outputs)
         self.roles = {i: data_operands(n, self.known) for i, n in enumerate(graph.nodes)}
+        # every pass below asks for these, node by node: computed once
+        self.inputs = {i: self._data_inputs(i) for i, roles in self.roles.items() if roles is not None}
         self.forced_leaves: set[str] = set()
 
     def data_inputs(self, i: int) -> list[str]:
+        return self.inputs.get(i, [])
+
+    def _data_inputs(self, i: int) -> list[str]:
         node = self.g.nodes[i]
         names: list[str] = []
         for k in self.roles[i] or ():
