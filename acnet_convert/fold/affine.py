@@ -99,12 +99,19 @@ def _common_groups(a: int, b: int, channels: int) -> int:
 # per-channel ops
 
 
+def _per_channel(value: np.ndarray | float, channels: int) -> np.ndarray:
+    """`value` as a [channels] or [1] float64 vector (np.broadcast_to's checks, for less)."""
+    v = np.asarray(value, np.float64).reshape(-1)
+    if v.size not in (1, channels):
+        raise ValueError(f"{v.size} values for {channels} channels")
+    return v
+
+
 def scale_shift(a: Affine, scale: np.ndarray | float, shift: np.ndarray | float = 0.0, owned: bool = False) -> Affine:
     """y = a(x) * scale + shift, scale and shift per output channel (or scalars). With `owned`
     (nothing else holds `a`), its kernel is scaled in place: the largest arrays of a fold are
     kernels, and a copy per BN would double what folding a network reads and writes."""
-    s = np.broadcast_to(np.asarray(scale, np.float64), (a.out_channels,))
-    t = np.broadcast_to(np.asarray(shift, np.float64), (a.out_channels,))
+    s, t = _per_channel(scale, a.out_channels), _per_channel(shift, a.out_channels)
     if owned:
         np.multiply(a.kernel, s.reshape(-1, 1, 1, 1), out=a.kernel)
         return replace(a, bias=a.bias * s + t)

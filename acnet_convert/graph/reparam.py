@@ -126,10 +126,11 @@ def fold_graph(
     graph = fold_constants(graph)
     known = Known(graph, fields(graph))
     result = Folding(graph)
-    regions, near_misses = find_regions(graph)
-    prover = Prover(graph)
+    producer, readers = graph.producers(), graph.consumers()  # once for the graph, not per pass
+    regions, near_misses = find_regions(graph, known, producer, readers)
+    prover = Prover(graph, producer, readers)
     result.declined += [Declined(m.node, graph.nodes[m.node].outputs[0], m.reason) for m in near_misses]
-    readers, consumed = (_weight_readers(graph) if release is not None else {}), set()
+    pending, consumed = (_weight_readers(graph, readers) if release is not None else {}), set()
     for region in track(regions, "folding") if track else regions:
         solution = solve(graph, known, region, prover)
         result.declined += solution.declined
@@ -141,19 +142,14 @@ def fold_graph(
             _check_inputs(graph, collapse.nodes, allow_nonfinite, warn, kernels=False)
             result.fused.append(_fused(graph, collapse, allow_nonfinite, warn))
         if release is not None:
-            _release(graph, readers, consumed, solution, release)
+            _release(graph, pending, consumed, solution, release)
     _name(graph, result)
     return result
 
 
-def _weight_readers(graph: Graph) -> dict[str, set[int]]:
+def _weight_readers(graph: Graph, readers: dict[str, list[int]]) -> dict[str, set[int]]:
     """Weight -> the nodes that read it."""
-    readers: dict[str, set[int]] = {}
-    for i, node in enumerate(graph.nodes):
-        for t in node.tensor_inputs():
-            if t in graph.weights:
-                readers.setdefault(t, set()).add(i)
-    return readers
+    return {t: set(nodes) for t, nodes in readers.items() if t in graph.weights}
 
 
 def _release(graph: Graph, readers: dict[str, set[int]], consumed: set[str], solution: Solution,
