@@ -11,7 +11,9 @@ the number of ops (800 blocks: 2 min), so it is written directly in Paddle's PIR
 them); cached in the bench cache.
 
 Child processes, interleaved round by round (order rotating), wall time and peak RSS (wait4):
-  fuse    `acnet-convert -q fuse PROGRAM OUT --force` (PIR and legacy deploy models);
+  fuse    `acnet-convert -q fuse PROGRAM OUT --force` (PIR and legacy deploy models), run through
+          fuse_e2e.py's instrumented child (the CLI's entry point with timers around its phases:
+          nothing at this scale) for the split;
   paddle  `paddle.static.load_inference_model(PREFIX, exe)` of the same program, and nothing else.
 Ratios are medians over rounds of fuse / paddle measured in the same round.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from _common import CACHE, CLI, PYTHON, Row, interleaved, median, mib, note, ratio_spread, run_part
+from _common import CACHE, PYTHON, Row, interleaved, median, mib, note, ratio_spread, run_part
 
 BLOCKS = 11112
 OPS_PER_BLOCK = 9
@@ -209,11 +211,18 @@ def _joined(runs: list[dict], key: str) -> str:
 
 def run(quick: bool) -> tuple[list[Row], str]:
     prefix = big_program()
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else 2  # a round is minutes (the Paddle writer is quadratic in fused convs)
     out = CACHE / "big_program_out"
     results: dict[str, list[dict]] = {"fuse": [], "paddle": []}
-    runs = {"fuse": lambda: results["fuse"].append(spawn([CLI, "-q", "fuse", f"{prefix}.json", str(out), "--force"])),
-            "paddle": lambda: results["paddle"].append(spawn([PYTHON, "-c", _LOAD, str(prefix)]))}
+    report = out.with_name("big_program_report.json")
+
+    def fuse() -> None:  # the CLI's entry point with fuse_e2e's phase timers (no cost at this scale)
+        r = spawn([PYTHON, str(Path(__file__).with_name("fuse_e2e.py")), "--child", str(report), "-q", "fuse",
+                   f"{prefix}.json", str(out), "--force"])
+        r.update(json.loads(report.read_text()))
+        results["fuse"].append(r)
+
+    runs = {"fuse": fuse, "paddle": lambda: results["paddle"].append(spawn([PYTHON, "-c", _LOAD, str(prefix)]))}
     note(f"[big program] {rounds} interleaved rounds of fuse and Paddle's load of {BLOCKS * OPS_PER_BLOCK} ops")
     interleaved(runs, rounds)
     times = {k: [r["wall"] for r in v] for k, v in results.items()}
@@ -227,6 +236,13 @@ def run(quick: bool) -> tuple[list[Row], str]:
                 f"{ratio:.2f}x ({ratio_spread(times, 'fuse', 'paddle')})", f"<= {TARGET:.0f}x", ratio <= TARGET),
             Row(part, what + ": peak RSS", f"{mib(rss['fuse'])} vs {mib(rss['paddle'])}", f"{mem:.2f}x",
                 f"<= {TARGET:.0f}x", mem <= TARGET)]
+    phases = {}
+    for r in results["fuse"]:
+        for name, seconds in r["phases"].items():
+            phases.setdefault(name, []).append(seconds)
+    split = sorted(((median(v), k) for k, v in phases.items()), reverse=True)
+    rows.append(Row(part, "split of `fuse` (median s): " + ", ".join(f"{k} {v:.1f}" for v, k in split if v >= 0.5),
+                    f"{wall['fuse']:.1f} s", f"Paddle's load = {wall['paddle'] / wall['fuse']:.0%} of it", "info", None))
     details = "big program: " + "; ".join(
         f"{k} walls {_joined(v, 'wall')} s, CPU {_joined(v, 'cpu')} s, RSS {', '.join(mib(r['rss']) for r in v)}"
         for k, v in results.items())

@@ -259,7 +259,7 @@ def run(quick: bool) -> tuple[list[Row], str]:
         if target is not None:
             rows.append(Row(part, f"`acnet-convert fuse` of a {what} vs a paddle-import-only child ({rounds} interleaved rounds)",
                             f"{wall:.2f} s vs {base_wall:.2f} s", f"{ratio:.2f}x ({ratio_spread(times, key, 'paddle')}; CPU time {cpu_ratio:.2f}x)",
-                            f"<= {target:.1f}x import-only", ratio <= target))
+                            f"<= {target:.2f}x import-only", ratio <= target))
         else:
             rows.append(Row(part, f"`acnet-convert fuse` of the {what} vs a paddle-import-only child ({rounds} interleaved rounds)",
                             f"{wall:.2f} s vs {base_wall:.2f} s", f"{ratio:.2f}x ({ratio_spread(times, key, 'paddle')}; CPU time {cpu_ratio:.2f}x)",

@@ -172,9 +172,16 @@ def _release(graph: Graph, readers: dict[str, set[int]], consumed: set[str], sol
 
 def _released(array: np.ndarray) -> np.ndarray:
     """What stands for a released weight: its shape and dtype in no memory, read-only, NaN (or
-    0) where a value would be read by mistake, so a slip shows."""
-    fill = np.nan if np.issubdtype(array.dtype, np.floating) else 0
-    return np.broadcast_to(np.array(fill, array.dtype), array.shape)
+    0) where a value would be read by mistake, so a slip shows. Weights of one shape share one."""
+    key = (array.shape, array.dtype)
+    stand_in = _STAND_INS.get(key)
+    if stand_in is None:
+        fill = np.nan if np.issubdtype(array.dtype, np.floating) else 0
+        stand_in = _STAND_INS[key] = np.broadcast_to(np.array(fill, array.dtype), array.shape)
+    return stand_in
+
+
+_STAND_INS: dict[tuple[tuple[int, ...], np.dtype], np.ndarray] = {}  # a network has a few dozen shapes
 
 
 def _fused(graph: Graph, collapse: Collapse, allow_nonfinite: bool, warn: Callable[[str], None]) -> FusedConv:
