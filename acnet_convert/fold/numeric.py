@@ -7,6 +7,7 @@ Pure numpy: no Paddle, no ONNX.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -59,10 +60,8 @@ def conv2d(x: np.ndarray | RankOne, kernel: np.ndarray, bias: np.ndarray | None,
     """conv2d of NCHW `x` with an [O, C/groups, kh, kw] kernel, zero padding (top, bottom, left,
     right), in float64."""
     if isinstance(x, RankOne):  # sum_c K[o, c] u[c] z = (K u)[o] z: one input channel
-        out_c, per_group, kh, kw = kernel.shape
-        weights = np.asarray(kernel).reshape(groups, out_c // groups, per_group, kh * kw)
-        folded = np.einsum("gock,gc->gok", weights, x.channels.reshape(groups, per_group))  # no float64 copy of K
-        return conv2d(x.image, folded.reshape(out_c, 1, kh, kw), bias, stride, dilation, padding, 1)
+        folded = _folded(kernel, x.channels, groups)
+        return conv2d(x.image, folded, bias, stride, dilation, padding, 1)
     x = pad(np.asarray(x, np.float64), *padding)
     n, c, h, w = x.shape
     out_c, per_group, kh, kw = kernel.shape
@@ -87,6 +86,35 @@ def conv2d(x: np.ndarray | RankOne, kernel: np.ndarray, bias: np.ndarray | None,
     if bias is not None:
         out += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
     return out
+
+
+# (id(kernel), id(channels), groups) -> (kernel, channels, K u): the probes of one proof share
+# their channel vector, so each kernel is read once per proof, not once per probe (the entries
+# hold what they were computed from: an id is only trusted while its object is that one)
+_FOLDED: OrderedDict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+_FOLDED_SIZE = 16  # more than the convs of one region
+
+
+def _folded(kernel: np.ndarray, channels: np.ndarray, groups: int) -> np.ndarray:
+    """K u: the [O, 1, kh, kw] kernel a conv applies to a rank-one input's image."""
+    key = (id(kernel), id(channels), groups)
+    hit = _FOLDED.get(key)
+    if hit is not None and hit[0] is kernel and hit[1] is channels:
+        _FOLDED.move_to_end(key)
+        return hit[2]
+    out_c, per_group, kh, kw = kernel.shape
+    weights = np.asarray(kernel).reshape(groups, out_c // groups, per_group, kh * kw)
+    folded = np.einsum("gock,gc->gok", weights, channels.reshape(groups, per_group))  # no float64 copy of K
+    folded = folded.reshape(out_c, 1, kh, kw)
+    _FOLDED[key] = (kernel, channels, folded)
+    if len(_FOLDED) > _FOLDED_SIZE:
+        _FOLDED.popitem(last=False)
+    return folded
+
+
+def forget_folded() -> None:
+    """Drop the kernels `_folded` holds (a proof calls this when it is done: they may be large)."""
+    _FOLDED.clear()
 
 
 def pool_size(n: int, k: int, stride: int, before: int, after: int, ceil_mode: bool) -> int:
