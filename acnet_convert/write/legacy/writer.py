@@ -32,7 +32,8 @@ from acnet_convert.graph.ir import Graph
 from acnet_convert.out.artifacts import Artifacts
 from acnet_convert.read.lod_tensor import serialized_size
 from acnet_convert.write.legacy.builder import LegacyBuilder, LegacyProgram
-from acnet_convert.write.legacy.ops import CONSTANT_OPS, HANDLERS, supported_ops
+from acnet_convert.write.legacy.builder import CONSTANT_OPS
+from acnet_convert.write.legacy.ops import HANDLERS, supported_ops
 
 
 # ----------------------------------------------------------------------------------------------
@@ -46,7 +47,7 @@ def translate(graph: Graph) -> LegacyProgram:
     if missing:
         node = next(n for n in graph.nodes if n.op == missing[0])
         raise ConvertError(f"{printable(node.where())}: op '{printable(node.op)}' has no translation to the legacy "
-                           f"Paddle format; use --paddle-format pir (translated: {', '.join(supported_ops())})")
+                           "Paddle format; use --paddle-format pir", listing=("translated ops", supported_ops()))
     b = LegacyBuilder(graph)
     for node in graph.nodes:
         if node.op in CONSTANT_OPS:
