@@ -33,8 +33,18 @@ _BOOKKEEPING = frozenset(
 # PIR ops -> graph nodes
 
 
+_DTYPE_NAMES: dict[tuple[type, Any], str] = {}  # Paddle's str() of a dtype is slow, and a program has a few dtypes
+
+
 def _dtype_name(dtype: Any) -> str:
-    return str(dtype).replace("paddle.", "")
+    key = (type(dtype), dtype)  # two enum types may share values
+    try:
+        return _DTYPE_NAMES[key]
+    except KeyError:
+        name = _DTYPE_NAMES[key] = str(dtype).replace("paddle.", "")
+        return name
+    except TypeError:  # unhashable: not a dtype enum
+        return str(dtype).replace("paddle.", "")
 
 
 def _attrs(op: Any) -> dict[str, Any]:
