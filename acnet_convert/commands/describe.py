@@ -94,6 +94,8 @@ def describe(path: Path | str, input_size: int | None = None) -> dict[str, Any]:
         raise ConvertError(f"{printable(path)} does not exist")
     if (path / MANIFEST).is_file():
         return describe_output(path, input_size)
+    if path.suffix.lower() == ".onnx" and path.is_file():
+        return describe_onnx(path, input_size)
     from acnet_convert.read.source import find_program
 
     found = find_program(path)
@@ -138,14 +140,29 @@ def describe_checkpoint(path: Path, input_size: int | None = None) -> dict[str, 
 
 
 def describe_program(path: Path, found: tuple[Path, Path], input_size: int | None = None) -> dict[str, Any]:
-    from acnet_convert.graph.summary import declined_rows, graph_totals
-    from acnet_convert.graph.patterns import find_groups
     from acnet_convert.read.program import load_program
     from acnet_convert.read.program_reader import read_graph
-    from acnet_convert.graph.reparam import deploy_graph, fuse_graph
 
     program = load_program(*found)
-    graph = read_graph(program)
+    return describe_graph(path, program.format, read_graph(program), input_size)
+
+
+def describe_onnx(path: Path, input_size: int | None = None) -> dict[str, Any]:
+    from acnet_convert.commands.fuse_onnx import onnx_declined_rows
+    from acnet_convert.read.onnx.source import open_onnx
+
+    source = open_onnx(path)
+    return describe_graph(path, source.format, source.graph, input_size,
+                          lambda graph, declined: onnx_declined_rows(source.model, graph, declined))
+
+
+def describe_graph(path: Path, fmt: str, graph: Any, input_size: int | None = None,
+                   declined_table: Any = None) -> dict[str, Any]:
+    """The report of a graph read from a program or a model: what folds, what is declined."""
+    from acnet_convert.graph.summary import declined_rows, graph_totals
+    from acnet_convert.graph.patterns import find_groups
+    from acnet_convert.graph.reparam import deploy_graph, fuse_graph
+
     groups, declined = find_groups(graph)
     problems: list[str] = []
     try:
@@ -160,9 +177,9 @@ def describe_program(path: Path, found: tuple[Path, Path], input_size: int | Non
     shape = graph.tensors[graph.inputs[0]].shape if graph.inputs and graph.inputs[0] in graph.tensors else ()
     size = shape[-1] if len(shape) == 4 and shape[-1] > 0 else input_size
     return _report(
-        path, program.format, size, _group_rows(graph, groups), totals,
+        path, fmt, size, _group_rows(graph, groups), totals,
         ops={"train": graph.op_counts(), "deploy": deploy.op_counts() if deploy is not None else {}},
-        declined=declined_rows(graph, declined),
+        declined=(declined_table or declined_rows)(graph, declined),
         problems=problems,
     )
 

@@ -287,9 +287,12 @@ def _onnx_fp16(path: Path) -> bool:
     return False
 
 
-def onnx_session(path: Path, device: Device, image_shape: tuple[int, ...] | None = None, name: str = "onnx") -> Runner:
+def onnx_session(path: Path, device: Device, image_shape: tuple[int, ...] | None = None, name: str = "onnx",
+                 as_written: bool = False) -> Runner:
     """`path` under ONNX Runtime with the providers `device` chose. `image_shape` (C, H, W) is
-    what verify will feed: a model whose fixed input size differs is refused."""
+    what verify will feed: a model whose fixed input size differs is refused. `as_written`:
+    ONNX Runtime's graph optimisations off (no BatchNorm folded into a Conv): every node computed
+    as the model says."""
     path = Path(path)
     if not path.is_file():
         raise ConvertError(f"--onnx {printable(path)} does not exist")
@@ -301,6 +304,8 @@ def onnx_session(path: Path, device: Device, image_shape: tuple[int, ...] | None
         options.intra_op_num_threads = cpu_threads()
         # Paddle runs between ORT's batches: ORT's spinning threads would steal its cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if as_written:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=list(device.ort_providers))
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types

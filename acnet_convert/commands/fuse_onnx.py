@@ -1,0 +1,114 @@
+"""`fuse MODEL.onnx OUT`: a train-form ONNX model from any framework -> its graph -> what folds,
+found by structure -> numpy fusion -> the source model edited in place (`write.onnx.edit`),
+checked, written into OUT/ with the manifest, all at once. No Paddle model is written and
+Paddle is not imported."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from acnet_convert.common.text import printable
+from acnet_convert.graph.ir import Graph
+from acnet_convert.graph.patterns import Declined, Group, find_groups
+from acnet_convert.graph.reparam import FusedConv, deploy_graph, fuse_graph
+from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
+from acnet_convert.out.artifacts import ONNX_DATA, ONNX_SOURCE, Artifacts, InputRecord, Manifest, SourceRecord, new_manifest
+from acnet_convert.out.destination import check_destination
+from acnet_convert.out.staging import staged_dir
+from acnet_convert.read.onnx.model import OnnxModel
+from acnet_convert.read.onnx.source import OnnxSource, open_onnx
+
+
+@dataclass
+class OnnxFuseResult:
+    out_dir: Path
+    source: OnnxSource
+    manifest: Manifest
+    fused: list[FusedConv]
+    declined: list[Declined]
+    warnings: list[str]
+    files: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        kinds = [f.group.kind for f in self.fused]
+        return {"sum": kinds.count("sum"), "conv_bn": kinds.count("conv_bn")}
+
+
+def fixed_size(graph: Graph) -> int | None:
+    """H of a model whose one [N, C, H, W] input has a fixed square size, else None."""
+    info = graph.tensors.get(graph.inputs[0]) if len(graph.inputs) == 1 else None
+    shape = info.shape if info else ()
+    return shape[2] if len(shape) == 4 and shape[2] > 0 and shape[2] == shape[3] else None
+
+
+def onnx_declined_rows(model: OnnxModel, graph: Graph, declined: list[Declined]) -> list[dict[str, Any]]:
+    """The declined table, each sum named by its ONNX node."""
+    rows = declined_rows(graph, declined)
+    for row, d in zip(rows, declined):
+        origin = graph.nodes[d.node].origin
+        if origin:
+            row["op"] = model.where(origin[0]).split(": ", 1)[-1]
+    return rows
+
+
+def fuse_onnx(
+    source_path: Path,
+    out: Path,
+    *,
+    input_size: int = 224,
+    force: bool = False,
+    allow_nonfinite: bool = False,
+    track: Callable[[list[Group], str], Iterable[Group]] | None = None,
+    note: Callable[[str], None] = lambda _text: None,
+) -> OnnxFuseResult:
+    """Fuse the train-form ONNX model `source_path` into OUT/model.onnx (see the module docstring)."""
+    from acnet_convert.write.onnx.edit import apply_deploy, check_onnx, save_onnx
+
+    source_path, out = Path(source_path), Path(out)
+    check_destination(out, force, [source_path])  # before any work: OUT apart from SOURCE, replaceable
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+    start = time.perf_counter()
+    source = open_onnx(source_path)
+    check_destination(out, force, [source_path, *source.model.data_files])
+    graph = source.graph
+    input_size = fixed_size(graph) or input_size
+    timings["read"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    groups, declined = find_groups(graph)
+    fused = fuse_graph(graph, groups, allow_nonfinite, warnings.append, track)
+    deploy = deploy_graph(graph, fused)
+    train_totals, deploy_totals = graph_totals(graph), graph_totals(deploy)
+    timings["fusion"] = time.perf_counter() - start
+    manifest = new_manifest(
+        paddle_version="",
+        source=SourceRecord(str(source.path.resolve()), source.sha256, ONNX_SOURCE, source.kind),
+        inputs=tuple(InputRecord(name, tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
+                     for name in graph.inputs if name in graph.tensors),
+        input_size=input_size,
+        formats=(),
+        fused=tuple(fused_rows(graph, fused)),
+        declined=tuple(onnx_declined_rows(source.model, graph, declined)),
+        ops={"train": graph.op_counts(), "deploy": deploy.op_counts()},
+        totals={"params_train": train_totals["params"], "params_deploy": deploy_totals["params"],
+                "macs_train": train_totals["macs"], "macs_deploy": deploy_totals["macs"]},
+    )
+    note(f"writing the fused ONNX model to {printable(out)}")
+    start = time.perf_counter()
+    external = source.model.external
+    proto = apply_deploy(source.model, graph, deploy)
+    check_onnx(proto, out / "model.onnx")
+    timings["edit"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with staged_dir(out, force, [source_path, *source.model.data_files]) as stage:
+        artifacts = Artifacts(stage)
+        save_onnx(proto, artifacts.onnx, external, ONNX_DATA)
+        artifacts.write_manifest(manifest)
+        files = sorted(p.name for p in stage.iterdir())
+    timings["write"] = time.perf_counter() - start
+    return OnnxFuseResult(out, source, manifest, fused, declined, warnings, files, timings)
