@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.text import printable
 from acnet_convert.graph.ir import Graph
 from acnet_convert.graph.patterns import Declined, Group, find_groups
@@ -85,6 +86,14 @@ def fuse_onnx(
     deploy = deploy_graph(graph, fused)
     train_totals, deploy_totals = graph_totals(graph), graph_totals(deploy)
     timings["fusion"] = time.perf_counter() - start
+    # named by the source's nodes: before the edit renumbers them
+    fused_table, declined_table = fused_rows(graph, fused), onnx_declined_rows(source.model, graph, declined)
+    note(f"writing the fused ONNX model to {printable(out)}")
+    start = time.perf_counter()
+    external = source.model.external
+    proto = apply_deploy(source.model, graph, deploy)
+    check_onnx(proto, out / "model.onnx")
+    timings["edit"] = time.perf_counter() - start
     manifest = new_manifest(
         paddle_version="",
         source=SourceRecord(str(source.path.resolve()), source.sha256, ONNX_SOURCE, source.kind),
@@ -92,23 +101,20 @@ def fuse_onnx(
                      for name in graph.inputs if name in graph.tensors),
         input_size=input_size,
         formats=(),
-        fused=tuple(fused_rows(graph, fused)),
-        declined=tuple(onnx_declined_rows(source.model, graph, declined)),
+        fused=tuple(fused_table),
+        declined=tuple(declined_table),
         ops={"train": graph.op_counts(), "deploy": deploy.op_counts()},
         totals={"params_train": train_totals["params"], "params_deploy": deploy_totals["params"],
                 "macs_train": train_totals["macs"], "macs_deploy": deploy_totals["macs"]},
     )
-    note(f"writing the fused ONNX model to {printable(out)}")
-    start = time.perf_counter()
-    external = source.model.external
-    proto = apply_deploy(source.model, graph, deploy)
-    check_onnx(proto, out / "model.onnx")
-    timings["edit"] = time.perf_counter() - start
     start = time.perf_counter()
     with staged_dir(out, force, [source_path, *source.model.data_files]) as stage:
         artifacts = Artifacts(stage)
-        save_onnx(proto, artifacts.onnx, external, ONNX_DATA)
-        artifacts.write_manifest(manifest)
+        try:
+            save_onnx(proto, artifacts.onnx, external, ONNX_DATA)
+            artifacts.write_manifest(manifest)
+        except OSError as err:
+            raise ConvertError(f"cannot write {printable(out)}: {err.strerror or err}") from None
         files = sorted(p.name for p in stage.iterdir())
     timings["write"] = time.perf_counter() - start
     return OnnxFuseResult(out, source, manifest, fused, declined, warnings, files, timings)

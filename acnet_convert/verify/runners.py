@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from acnet_convert.verify.device import Device
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.quiet import import_paddle, silenced
+from acnet_convert.common.protobuf_fields import fields
 from acnet_convert.common.text import one_line, printable
 
 MAX_THREADS = 8
@@ -231,36 +232,6 @@ def release_memory() -> None:
         pass
 
 
-def _varint(data: Any, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(data: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, value or payload start, payload end) of a protobuf message."""
-    i = start
-    while i < end:
-        key, i = _varint(data, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(data, i)
-            yield number, wire, value, i
-        elif wire == 2:
-            size, i = _varint(data, i)
-            yield number, wire, i, i + size
-            i += size
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"protobuf wire type {wire}")
-
-
 def _onnx_fp16(path: Path) -> bool:
     """Whether the model computes in float16: any float16 initializer. Read from the file's
     protobuf fields in place (ModelProto.graph = 7, GraphProto.initializer = 5,
@@ -271,13 +242,13 @@ def _onnx_fp16(path: Path) -> bool:
     fp16 = 10  # onnx.TensorProto.FLOAT16
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for number, wire, start, end in _fields(data, 0, len(data)):
+            for number, wire, start, end in fields(data, 0, len(data)):
                 if number != 7 or wire != 2:
                     continue
-                for field_number, field_wire, t_start, t_end in _fields(data, start, end):
+                for field_number, field_wire, t_start, t_end in fields(data, start, end):
                     if field_number != 5 or field_wire != 2:
                         continue
-                    for n, w, value, _ in _fields(data, t_start, t_end):
+                    for n, w, value, _ in fields(data, t_start, t_end):
                         if n == 2 and w == 0:
                             if value == fp16:
                                 return True

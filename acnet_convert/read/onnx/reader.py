@@ -21,7 +21,7 @@ from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.text import printable
 from acnet_convert.graph.ir import Block, Graph, Node, TensorInfo
 from acnet_convert.read.onnx.model import OnnxModel
-from acnet_convert.read.onnx.ops import BadNode, translate
+from acnet_convert.read.onnx.ops import DTYPES, BadNode, translate
 from acnet_convert.read.onnx.scatter_pad import find_scatter_pads
 from acnet_convert.read.onnx.shapes import ProbeSizes, infer_shapes, tensor_info
 
@@ -62,9 +62,27 @@ def _constant_value(attrs: dict[str, Any]) -> np.ndarray | None:
     return None
 
 
+def _array(tensor: Any, model: OnnxModel, span: tuple[int, int] | None) -> np.ndarray:
+    """The initializer's value: a read-only view of the file's bytes where it is stored there
+    (its raw bytes are not copied out of the protobuf), else onnx's own conversion."""
+    from onnx import numpy_helper
+
+    dtype = DTYPES.get(tensor.data_type)
+    if span is not None and dtype is not None and dtype != "bfloat16" and tensor.data_location != 1:
+        offset, length = span
+        count = int(np.prod(tensor.dims, dtype=np.int64))
+        if length == count * np.dtype(dtype).itemsize:
+            return np.frombuffer(model.data, dtype=np.dtype(dtype).newbyteorder("<"), count=count,
+                                 offset=offset).reshape(tuple(tensor.dims))
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as err:
+        raise ConvertError(f"{printable(model.path)}: tensor {printable(tensor.name, 80)} does not hold its "
+                           f"{list(tensor.dims)} values ({printable(err, 120)})") from None
+
+
 class _Reader:
     def __init__(self, model: OnnxModel) -> None:
-        from onnx import numpy_helper
 
         self.model = model
         self.proto = model.proto
@@ -74,8 +92,9 @@ class _Reader:
         self.weights: dict[str, np.ndarray] = {}
         self.constants: dict[str, np.ndarray] = {}
         self.varying: set[str] = set()  # tensors computed from the input's values
+        views = model.raw_views()
         for tensor in self.proto.graph.initializer:
-            self._initializer(tensor.name, numpy_helper.to_array(tensor))
+            self._initializer(tensor.name, _array(tensor, model, views.get(tensor.name)))
 
     def _initializer(self, name: str, array: np.ndarray) -> None:
         if array.dtype.kind == "f":

@@ -8,6 +8,7 @@ inferred again before the next chain is probed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -45,8 +46,8 @@ def infer_shapes(proto: Any, fixed: dict[str, tuple[int, ...]] | None = None,
     g = proto.graph
     for part in ("node", "input", "output", "value_info"):
         getattr(light.graph, part).extend(getattr(g, part))
-    for tensor in g.initializer:
-        if tensor.ByteSize() > _STRIPPED_BYTES and tensor.data_type in _FLOATS:
+    for tensor in g.initializer:  # sized from dims: ByteSize() walks the data
+        if tensor.data_type in _FLOATS and 2 * math.prod(tensor.dims) > _STRIPPED_BYTES:
             stub = light.graph.initializer.add()
             stub.name, stub.data_type = tensor.name, tensor.data_type
             stub.dims.extend(tensor.dims)

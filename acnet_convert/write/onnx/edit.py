@@ -23,7 +23,7 @@ import numpy as np
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.text import one_line, printable
 from acnet_convert.graph.ir import Graph, Node, unique_name
-from acnet_convert.read.onnx.model import OnnxModel
+from acnet_convert.read.onnx.model import OnnxModel, check_structure
 
 NewNode = Callable[[Node, str], Any]  # (deploy node, a free node name) -> NodeProto
 _NEW: dict[str, NewNode] = {}
@@ -172,7 +172,7 @@ def apply_deploy(model: OnnxModel, source: Graph, deploy: Graph) -> Any:
     """`model.proto` (which `source` was read from) edited in place into the fused model, with
     `deploy` applied (see the module docstring); returned. Its kept initializers are not copied."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     edit = _Edit(model, source, deploy)
     for node in deploy.nodes:
@@ -208,18 +208,21 @@ def apply_deploy(model: OnnxModel, source: Graph, deploy: Graph) -> Any:
         for k in range(len(items) - 1, -1, -1):
             if not keep(items[k]):
                 del items[k]
-    for name in sorted(added):
-        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(added[name])), name))
+    for name in sorted(added):  # made in place: appending a TensorProto would copy its bytes again
+        array = np.ascontiguousarray(np.asarray(added[name]))
+        tensor = g.initializer.add()
+        tensor.name, tensor.data_type = name, helper.np_dtype_to_tensor_dtype(array.dtype)
+        tensor.dims.extend(array.shape)
+        tensor.raw_data = array.tobytes()
     model._nodes = None
     return model.proto
 
 
 def check_onnx(proto: Any, shown: Path | str) -> None:
-    """onnx.checker's full check (with shape inference) of the fused model."""
-    import onnx
-
+    """onnx.checker's full check (with shape inference) of the fused model (`check_structure`:
+    the weights are not copied for it)."""
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        check_structure(proto, full_check=True)
     except Exception as err:  # noqa: BLE001 - ValidationError, InferenceError
         raise ConvertError(f"internal: the fused ONNX model {printable(shown)} fails onnx.checker: {one_line(err, 300)}") from None
 
