@@ -278,3 +278,15 @@ def test_scatters_whose_updates_read_the_input_stay_as_written(tmp_path):
     nodes[3].input[2] = "upd_x"
     graph = open_onnx(save(tmp_path / "m.onnx", nodes, inits)).graph
     assert "onnx::ScatterND" in graph.op_counts()
+
+
+def test_a_read_source_can_be_sent_from_a_child_process(tmp_path):
+    """What a supervised child returns is pickled: the model, its graph and its digest survive."""
+    import pickle
+
+    nodes, inits = _frame_scatters(np.array([0.75, -1.5], np.float32), (1, 2, 5, 5))
+    source = open_onnx(save(tmp_path / "m.onnx", nodes, inits))
+    again = pickle.loads(pickle.dumps(source))
+    assert again.sha256 == source.sha256 and again.model.proto == source.model.proto
+    assert [n.op for n in again.graph.nodes] == ["pad"]
+    assert np.array_equal(again.graph.weights["y.pad_value"], source.graph.weights["y.pad_value"])

@@ -140,29 +140,14 @@ def describe_checkpoint(path: Path, input_size: int | None = None) -> dict[str, 
 
 
 def describe_program(path: Path, found: tuple[Path, Path], input_size: int | None = None) -> dict[str, Any]:
-    from acnet_convert.read.program import load_program
-    from acnet_convert.read.program_reader import read_graph
-
-    program = load_program(*found)
-    return describe_graph(path, program.format, read_graph(program), input_size)
-
-
-def describe_onnx(path: Path, input_size: int | None = None) -> dict[str, Any]:
-    from acnet_convert.commands.fuse_onnx import onnx_declined_rows
-    from acnet_convert.read.onnx.source import open_onnx
-
-    source = open_onnx(path)
-    return describe_graph(path, source.format, source.graph, input_size,
-                          lambda graph, declined: onnx_declined_rows(source.model, graph, declined))
-
-
-def describe_graph(path: Path, fmt: str, graph: Any, input_size: int | None = None,
-                   declined_table: Any = None) -> dict[str, Any]:
-    """The report of a graph read from a program or a model: what folds, what is declined."""
     from acnet_convert.graph.summary import declined_rows, graph_totals
     from acnet_convert.graph.patterns import find_groups
+    from acnet_convert.read.program import load_program
+    from acnet_convert.read.program_reader import read_graph
     from acnet_convert.graph.reparam import deploy_graph, fuse_graph
 
+    program = load_program(*found)
+    graph = read_graph(program)
     groups, declined = find_groups(graph)
     problems: list[str] = []
     try:
@@ -177,9 +162,40 @@ def describe_graph(path: Path, fmt: str, graph: Any, input_size: int | None = No
     shape = graph.tensors[graph.inputs[0]].shape if graph.inputs and graph.inputs[0] in graph.tensors else ()
     size = shape[-1] if len(shape) == 4 and shape[-1] > 0 else input_size
     return _report(
-        path, fmt, size, _group_rows(graph, groups), totals,
+        path, program.format, size, _group_rows(graph, groups), totals,
         ops={"train": graph.op_counts(), "deploy": deploy.op_counts() if deploy is not None else {}},
-        declined=(declined_table or declined_rows)(graph, declined),
+        declined=declined_rows(graph, declined),
+        problems=problems,
+    )
+
+
+def describe_onnx(path: Path, input_size: int | None = None) -> dict[str, Any]:
+    """A train-form ONNX model: what folds, what is declined (each sum named by its ONNX node)."""
+    from acnet_convert.commands.fuse_onnx import onnx_declined_rows
+    from acnet_convert.graph.patterns import find_groups
+    from acnet_convert.graph.reparam import deploy_graph, fuse_graph
+    from acnet_convert.graph.summary import graph_totals
+    from acnet_convert.read.onnx.source import open_onnx
+
+    source = open_onnx(path)
+    graph = source.graph
+    groups, declined = find_groups(graph)
+    problems: list[str] = []
+    try:
+        deploy = deploy_graph(graph, fuse_graph(graph, groups))
+    except ConvertError as err:
+        problems.append(str(err))
+        deploy = None
+    train_totals = graph_totals(graph)
+    deploy_totals = graph_totals(deploy) if deploy is not None else {"params": None, "macs": None}
+    totals = {"params_train": train_totals["params"], "params_deploy": deploy_totals["params"],
+              "macs_train": train_totals["macs"], "macs_deploy": deploy_totals["macs"]}
+    shape = graph.tensors[graph.inputs[0]].shape if graph.inputs and graph.inputs[0] in graph.tensors else ()
+    size = shape[-1] if len(shape) == 4 and shape[-1] > 0 else input_size
+    return _report(
+        path, source.format, size, _group_rows(graph, groups), totals,
+        ops={"train": graph.op_counts(), "deploy": deploy.op_counts() if deploy is not None else {}},
+        declined=onnx_declined_rows(source.model, graph, declined),
         problems=problems,
     )
 

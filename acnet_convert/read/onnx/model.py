@@ -39,11 +39,17 @@ class _Digest:
     def __init__(self, first: tuple[Path, bytes], paths: list[Path]) -> None:
         self.path = first[0]
         self.out: list[str] = []
-        self.thread = threading.Thread(target=_sha256, args=(first, paths, self.out), daemon=True)
+        self.thread: threading.Thread | None = threading.Thread(target=_sha256, args=(first, paths, self.out), daemon=True)
         self.thread.start()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (an `OnnxModel` sent from a supervised child) as its value."""
+        self.value()
+        return {"path": self.path, "out": self.out, "thread": None}
+
     def value(self) -> str:
-        self.thread.join()
+        if self.thread is not None:
+            self.thread.join()
         if not self.out:
             raise ConvertError(f"cannot read {printable(self.path)} to hash it")
         return self.out[0]
