@@ -290,3 +290,20 @@ def test_a_read_source_can_be_sent_from_a_child_process(tmp_path):
     assert again.sha256 == source.sha256 and again.model.proto == source.model.proto
     assert [n.op for n in again.graph.nodes] == ["pad"]
     assert np.array_equal(again.graph.weights["y.pad_value"], source.graph.weights["y.pad_value"])
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_auto_pad_convs_compute_what_onnx_runtime_computes(tmp_path, auto_pad):
+    """SAME_UPPER is Paddle's SAME; SAME_LOWER (the odd pixel before) becomes explicit paddings."""
+    w = weights(3, 2, 2, 4)
+    path = save(tmp_path / "c.onnx", [helper.make_node("Conv", ["x", "w"], ["y"], auto_pad=auto_pad, strides=[2, 1])],
+                [tensor("w", w)])
+    node = open_onnx(path).graph.nodes[0]
+    x = weights(1, 2, 5, 5)
+    if auto_pad == "SAME_UPPER":
+        assert node.attrs["padding_algorithm"] == "SAME"
+        return
+    assert node.attrs["padding_algorithm"] == ("EXPLICIT" if auto_pad == "SAME_LOWER" else "VALID")
+    top, bottom, left, right = node.attrs["paddings"]
+    ours = conv2d(np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))), w, 1, (0, 0))[:, :, ::2]
+    assert np.abs(ours - run(path, x)).max() < 1e-4

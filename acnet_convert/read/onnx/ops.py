@@ -35,6 +35,8 @@ class Context(Protocol):
 
     def rank(self, name: Optional[str]) -> int | None: ...
 
+    def shape(self, name: Optional[str]) -> tuple[int, ...] | None: ...
+
 
 def handles(*op_types: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
@@ -69,13 +71,31 @@ def _conv(inputs: Sequence[Optional[str]], a: dict[str, Any], outputs: Sequence[
         return None
     pads = a.get("pads", [0, 0, 0, 0])
     algorithm = _AUTO_PAD.get(str(a.get("auto_pad", "NOTSET")))
-    if len(pads) != 4 or algorithm is None:
+    strides, dilations = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    if algorithm == "SAME_LOWER":  # Paddle has no such padding: explicit where the size is known
+        pads = _same_lower(ctx.shape(inputs[0]), kernel or (ctx.shape(inputs[1]) or ())[2:], strides, dilations)
+        algorithm = "EXPLICIT" if pads is not None else None
+    if pads is None or len(pads) != 4 or algorithm is None:
         return None
-    attrs = {"strides": list(a.get("strides", [1, 1])), "paddings": _hw_pads(pads) if algorithm == "EXPLICIT" else [0, 0, 0, 0],
-             "dilations": list(a.get("dilations", [1, 1])), "groups": int(a.get("group", 1)),
-             "padding_algorithm": algorithm, "data_format": "NCHW"}
+    attrs = {"strides": strides, "paddings": _hw_pads(pads) if algorithm == "EXPLICIT" else [0, 0, 0, 0],
+             "dilations": dilations, "groups": int(a.get("group", 1)), "padding_algorithm": algorithm,
+             "data_format": "NCHW"}
     bias = inputs[2] if len(inputs) > 2 else None
     return "conv2d", (inputs[0], inputs[1]) if bias is None else (inputs[0], inputs[1], bias), attrs
+
+
+def _same_lower(x: tuple[int, ...] | None, kernel: Sequence[int], strides: Sequence[int],
+                dilations: Sequence[int]) -> list[int] | None:
+    """ONNX's SAME_LOWER as [top, left, bottom, right] for a static input (the extra pixel goes
+    before), or None."""
+    if x is None or len(x) != 4 or min(x[2:]) < 1 or len(kernel) != 2:
+        return None
+    before, after = [], []
+    for n, k, s, d in zip(x[2:], kernel, strides, dilations):
+        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        before.append(total - total // 2)
+        after.append(total // 2)
+    return before + after
 
 
 @handles("BatchNormalization")

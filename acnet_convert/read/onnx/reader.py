@@ -116,6 +116,10 @@ class _Reader:
         info = self.tensors.get(name) if name else None
         return None if info is None else len(info.shape)
 
+    def shape(self, name: Optional[str]) -> tuple[int, ...] | None:
+        info = self.tensors.get(name) if name else None
+        return None if info is None else info.shape
+
     # -- nodes ----------------------------------------------------------------------------------
 
     def bad(self, index: int, why: str) -> ConvertError:
