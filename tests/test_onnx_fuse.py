@@ -82,12 +82,27 @@ def fused_onnx(onnx_export, tmp_path_factory):
 
 def node_changes(source, fused, rows) -> tuple[list[str], list[str]]:
     """(source nodes outside every fused group that are missing or changed in `fused`, fused
-    nodes that are neither such a node nor one group's Conv)."""
+    nodes that are neither such a node nor one group's Conv). A source node that only fed the
+    fused groups (a shape computation of DBB's pads) may go with them."""
+    nodes = list(source.graph.node)
     folded = {i for row in rows for i in row["ops"]}
-    kept = {tuple(n.output): n for i, n in enumerate(source.graph.node) if i not in folded}
+    readers: dict[str, set[int]] = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            readers.setdefault(t, set()).add(i)
+    outputs = {o.name for o in source.graph.output}
+    orphaned = set(folded)
+    while True:
+        more = {i for i, n in enumerate(nodes) if i not in orphaned and n.output
+                and all(o not in outputs and readers.get(o, set()) and readers[o] <= orphaned for o in n.output)}
+        if not more:
+            break
+        orphaned |= more
+    kept = {tuple(n.output): (i, n) for i, n in enumerate(nodes) if i not in folded}
     made = {row["output"] for row in rows}
     found = {tuple(n.output): n for n in fused.graph.node}
-    changed = [n.name or n.output[0] for key, n in kept.items() if found.get(key) != n]
+    changed = [n.name or n.output[0] for key, (i, n) in kept.items()
+               if found.get(key) != n and not (key not in found and i in orphaned)]
     extra = [n.name or n.output[0] for key, n in found.items()
              if key not in kept and not (n.op_type == "Conv" and len(key) == 1 and key[0] in made)]
     return changed, extra

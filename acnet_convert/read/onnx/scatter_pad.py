@@ -31,6 +31,7 @@ _DATA_PATH = ("ScatterND", "Transpose", "Identity")
 # reads the data path and feeds only Shape nodes reads no value of it
 _SHAPE_KEEPING = ("Slice", "Transpose", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast", "Pad")
 _MAX_TRIES = 3  # chain ends tried per Pad, longest first
+_MAX_PROBE = 1 << 23  # elements: the probe's values 1000 + k stay distinct in float32
 Shapes = Callable[[str], "tuple[int, ...] | None"]
 
 
@@ -214,6 +215,8 @@ def _probe(c: _Chains, chain: list[int], members: list[int], x: str, outside: se
         outside_shapes = {t: shape_of(t) for t in outside}
         if size is None or len(size) != 4 or min(size) < 1:
             raise _Declined("the padded tensor's size is not known")
+        if int(np.prod(size)) > _MAX_PROBE:
+            raise _Declined("the padded tensor is too large to probe")
         if any(s is None or min(s, default=0) < 0 for s in outside_shapes.values()):
             raise _Declined("the indices read the shape of a tensor of unknown size")
         a = (1000.0 + np.arange(int(np.prod(size)))).reshape(size).astype(np.float32)
