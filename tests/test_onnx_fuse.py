@@ -25,34 +25,35 @@ from fixtures import export_onnx as E  # noqa: E402
 from fixtures import torch_blocks as tb  # noqa: E402
 from tests.torch_onnx import onnx_export  # noqa: E402,F401 - a session fixture
 
-# (net, variant, opset, dynamic, external data): what the exporters write
+# (net, variant, opset, dynamic, external data): what the exporters write. All but two are the
+# exports test_torch_onnx_fixtures.py makes anyway (one session fixture for both).
 CASES = [
     ("repvgg", "legacy_unfolded", None, None, None),
     ("yolov6", "legacy_unfolded", None, None, None),
     ("acnet", "legacy_unfolded", None, None, None),
     ("mobileone", "legacy_unfolded", None, None, None),
+    ("dbb", "legacy_unfolded", None, None, None),
     ("repvgg", "legacy_unfolded", 13, None, None),
-    ("repvgg", "legacy_unfolded", 21, None, None),
-    ("yolov6", "legacy_unfolded", None, "batch_hw", None),
+    ("repvgg", "legacy_folded", 21, None, None),
+    ("mobileone", "legacy_unfolded", None, "batch_hw", None),
     ("repvgg", "legacy_unfolded", None, "batch", True),
     ("repvgg", "legacy_folded", None, None, None),
     ("acnet", "legacy_folded", None, None, None),
     ("yolov6", "legacy_folded", None, None, None),
     ("dbb", "legacy_folded", None, None, None),
-    ("dbb", "legacy_unfolded", None, None, None),
-    ("mobileone", "dynamo", None, None, None),
-    ("dbb", "dynamo", None, "batch_hw", None),
+    ("yolov6", "dynamo", None, "batch_hw", None),
+    ("dbb", "dynamo", None, None, None),
 ]
 _REGIONS = "needs the affine-region passes (issue 18): "
 WAITS = {  # what today's finder cannot fold, and why
     ("acnet", "legacy_unfolded"): "constant folding (the crop layers' slice bounds are Unsqueeze of Constants)",
     ("mobileone", "legacy_unfolded"): "identity removal (the python `0 +` exports as Add of a scalar 0)",
+    ("dbb", "legacy_unfolded"): "sequential regions (1x1 -> pad -> KxK, avg pool)",
     ("repvgg", "legacy_folded"): "sums of Conv-with-bias branches (the exporter folded each BN into its Conv)",
     ("acnet", "legacy_folded"): "sums of Conv-with-bias branches",
     ("yolov6", "legacy_folded"): "sums of Conv-with-bias branches",
-    ("mobileone", "dynamo"): "sums of Conv-with-bias branches",
     ("dbb", "legacy_folded"): "sequential regions (1x1 -> pad -> KxK, avg pool) and Conv-with-bias sums",
-    ("dbb", "legacy_unfolded"): "sequential regions (1x1 -> pad -> KxK, avg pool)",
+    ("yolov6", "dynamo"): "sums of Conv-with-bias branches",
     ("dbb", "dynamo"): "sequential regions (1x1 -> pad -> KxK, avg pool) and Conv-with-bias sums",
 }
 IDS = ["-".join(str(p) for p in case if p is not None) for case in CASES]

@@ -307,3 +307,49 @@ def test_auto_pad_convs_compute_what_onnx_runtime_computes(tmp_path, auto_pad):
     top, bottom, left, right = node.attrs["paddings"]
     ours = conv2d(np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))), w, 1, (0, 0))[:, :, ::2]
     assert np.abs(ours - run(path, x)).max() < 1e-4
+
+
+def _dynamo_style_frame(value: np.ndarray, baked: bool) -> tuple[list, list]:
+    """The frame as torch's dynamo exporter writes it for any input size: Transpose the padded
+    tensor so rows come first, ScatterND rows 0 and -1 with updates expanded to the shape of
+    what they write (read from Shape), Transpose for the columns, back again. `baked`: the
+    updates' shape is a constant of one size instead (a model valid at that size only)."""
+    c = len(value)
+    inits = [tensor("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)), tensor("v", value),
+             tensor("v_shape", np.array([1, c, 1, 1], np.int64)), tensor("first", np.array([[0]], np.int64)),
+             tensor("last", np.array([[-1]], np.int64)), tensor("one", np.array([1], np.int64)),
+             tensor("from1", np.array([1], np.int64)), tensor("to4", np.array([4], np.int64)),
+             tensor("baked", np.array([1, c, 1, 7], np.int64))]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p0"]),
+             helper.make_node("Reshape", ["v", "v_shape"], ["vals"])]
+    data = "p0"
+    for k, perm, back in ((0, [2, 1, 0, 3], [2, 1, 0, 3]), (1, [3, 1, 0, 2], [2, 1, 3, 0])):
+        nodes += [helper.make_node("Transpose", [data], [f"t{k}"], perm=perm),
+                  helper.make_node("Shape", [f"t{k}"], [f"shape{k}"]),
+                  helper.make_node("Slice", [f"shape{k}", "from1", "to4"], [f"tail{k}"]),
+                  helper.make_node("Concat", ["one", f"tail{k}"], [f"upd_shape{k}"], axis=0),
+                  helper.make_node("Expand", ["vals", "baked" if baked else f"upd_shape{k}"], [f"upd{k}"]),
+                  helper.make_node("ScatterND", [f"t{k}", "first", f"upd{k}"], [f"s{k}a"]),
+                  helper.make_node("ScatterND", [f"s{k}a", "last", f"upd{k}"], [f"s{k}b"]),
+                  helper.make_node("Transpose", [f"s{k}b"], ["y" if k else "back0"], perm=back)]
+        data = "back0"
+    return nodes, inits
+
+
+def test_a_frame_written_for_any_size_is_one_pad_at_every_size(tmp_path):
+    value = np.array([0.25, -2.0, 1.5], np.float32)
+    nodes, inits = _dynamo_style_frame(value, baked=False)
+    path = save(tmp_path / "m.onnx", nodes, inits, inputs=(("x", ["n", 3, "h", "w"]),))
+    graph = open_onnx(path).graph
+    assert [n.op for n in graph.nodes] == ["pad"] and len(graph.nodes[0].origin) == len(nodes)
+    assert graph.weights["y.pad_value"].reshape(-1).tolist() == value.tolist()
+    x = weights(3, 3, 6, 9)  # neither probe size
+    expected = np.broadcast_to(value.reshape(1, 3, 1, 1), (3, 3, 8, 11)).copy()
+    expected[:, :, 1:-1, 1:-1] = x
+    assert np.array_equal(run(path, x), expected)
+
+
+def test_a_frame_written_for_one_size_stays_as_written(tmp_path):
+    nodes, inits = _dynamo_style_frame(np.array([0.25, -2.0, 1.5], np.float32), baked=True)
+    path = save(tmp_path / "m.onnx", nodes, inits, inputs=(("x", ["n", 3, "h", "w"]),))
+    assert "onnx::ScatterND" in open_onnx(path).graph.op_counts()

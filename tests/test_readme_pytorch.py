@@ -15,6 +15,7 @@ from click.testing import CliRunner  # noqa: E402
 from acnet_convert.cli import cli  # noqa: E402
 from fixtures import export_onnx as E  # noqa: E402
 from fixtures import torch_blocks as tb  # noqa: E402
+from tests.torch_onnx import onnx_export  # noqa: E402,F401 - a session fixture
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -28,7 +29,7 @@ def section_blocks() -> tuple[str, list[str]]:
     return python, [line.split("#")[0].strip() for line in shell.strip().splitlines()]
 
 
-def test_the_pytorch_section_runs_as_written(tmp_path, monkeypatch):
+def test_the_pytorch_section_runs_as_written(tmp_path, monkeypatch, onnx_export):
     python, commands = section_blocks()
     assert len(python.strip().splitlines()) + len(commands) == 5
     monkeypatch.chdir(tmp_path)
@@ -42,5 +43,5 @@ def test_the_pytorch_section_runs_as_written(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == "MATCH"
     assert E.op_histogram(tmp_path / "deploy" / "model.onnx")["Conv"] == E.op_histogram(
-        E.export("repvgg", tmp_path, deployed=True))["Conv"]
+        onnx_export("repvgg", deployed=True))["Conv"]
     assert os.path.isfile(tmp_path / "train.onnx")
