@@ -184,3 +184,16 @@ def test_declined_sums_are_named_with_the_reason_and_stay_correct(tmp_path):
     code, text = invoke("verify", out, "--batches", "1", "--per-layer")
     assert code == 0 and text.splitlines()[-1] == "MATCH", text
     assert E.op_histogram(out / "model.onnx")["Add"] == 2
+
+
+def test_a_model_that_runs_at_one_size_only_is_verified_there(onnx_export, tmp_path):
+    """torch's legacy export of DBB declares any H/W but bakes its size into an Expand: verify at
+    the default size is one line naming the model (exit 3); at its size (--inputs) it passes."""
+    source = onnx_export("dbb", "legacy_folded", dynamic="batch_hw")
+    out = tmp_path / "out"
+    assert invoke("fuse", source, out)[0] == 0
+    code, text = invoke("verify", out, "--batches", "1")
+    assert code == 3 and f"ONNX Runtime cannot run {source}" in text and "Traceback" not in text
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32))
+    code, text = invoke("verify", out, "--inputs", tmp_path / "x.npy")
+    assert code == 0 and text.splitlines()[-1] == "MATCH", text

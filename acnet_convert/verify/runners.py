@@ -25,7 +25,7 @@ import numpy as np
 
 from acnet_convert.verify.device import Device
 from acnet_convert.common.errors import ConvertError
-from acnet_convert.common.quiet import import_paddle, silenced
+from acnet_convert.common.quiet import import_paddle, is_verbose, silenced
 from acnet_convert.common.protobuf_fields import fields
 from acnet_convert.common.text import one_line, printable
 
@@ -271,7 +271,8 @@ def onnx_session(path: Path, device: Device, image_shape: tuple[int, ...] | None
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        # a node that fails at run time is our one line (the error's own message), not ORT's log
+        options.log_severity_level = 3 if is_verbose() else 4
         options.intra_op_num_threads = cpu_threads()
         # Paddle runs between ORT's batches: ORT's spinning threads would steal its cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -300,7 +301,11 @@ def onnx_session(path: Path, device: Device, image_shape: tuple[int, ...] | None
     state = {"session": session}
 
     def once(batch: np.ndarray) -> list[np.ndarray]:
-        out = state["session"].run(outputs, {image.name: batch.astype(dtype, copy=False)})
+        try:
+            out = state["session"].run(outputs, {image.name: batch.astype(dtype, copy=False)})
+        except Exception as err:  # noqa: BLE001 - ORT raises its own types
+            raise ConvertError(f"ONNX Runtime cannot run {printable(path)} on {list(batch.shape)} inputs: "
+                               f"{one_line(err)}") from None
         return [np.asarray(o, np.float32) for o in out]
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
