@@ -24,6 +24,7 @@ from acnet_convert.read.onnx.model import OnnxModel
 from acnet_convert.read.onnx.ops import DTYPES, BadNode, translate
 from acnet_convert.read.onnx.scatter_pad import find_scatter_pads
 from acnet_convert.read.onnx.shapes import ProbeSizes, infer_shapes, tensor_info
+from acnet_convert.read.onnx.small_constants import constant_ancestry, evaluate_small
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 _LOOPS = ("Loop", "Scan", "SequenceMap")
@@ -92,6 +93,8 @@ class _Reader:
         self.weights: dict[str, np.ndarray] = {}
         self.constants: dict[str, np.ndarray] = {}
         self.varying: set[str] = set()  # tensors computed from the input's values
+        self.producer = {o: n for n in self.proto.graph.node for o in n.output if o}
+        self.computed: dict[str, np.ndarray | None] = {}  # small values computed from constants
         views = model.raw_views()
         for tensor in self.proto.graph.initializer:
             self._initializer(tensor.name, _array(tensor, model, views.get(tensor.name)))
@@ -106,11 +109,20 @@ class _Reader:
     # -- the handlers' Context ----------------------------------------------------------------
 
     def constant(self, name: Optional[str]) -> np.ndarray | None:
+        """A constant's value: an initializer, a Constant node's, or a small value computed from
+        those (a handler reads it as an attribute; the node computing it stays in the graph)."""
         if not name:
             return None
         if name in self.constants:
             return self.constants[name]
-        return self.weights.get(name)
+        if name in self.weights:
+            return self.weights[name]
+        if name not in self.computed:
+            nodes = constant_ancestry(name, self.producer, lambda t: t in self.constants or t in self.weights)
+            self.computed[name] = None if nodes is None else evaluate_small(
+                name, nodes, lambda t: self.constants.get(t, self.weights.get(t)), self.proto.opset_import,
+                self.proto.ir_version)
+        return self.computed[name]
 
     def rank(self, name: Optional[str]) -> int | None:
         info = self.tensors.get(name) if name else None
