@@ -353,3 +353,30 @@ def test_a_frame_written_for_one_size_stays_as_written(tmp_path):
     nodes, inits = _dynamo_style_frame(np.array([0.25, -2.0, 1.5], np.float32), baked=True)
     path = save(tmp_path / "m.onnx", nodes, inits, inputs=(("x", ["n", 3, "h", "w"]),))
     assert "onnx::ScatterND" in open_onnx(path).graph.op_counts()
+
+
+@pytest.mark.parametrize("computed_from", ["constants", "the input's shape"])
+def test_slice_axes_computed_from_constants_are_read_as_attributes(tmp_path, computed_from):
+    """torch's legacy exporter writes a crop's axes and steps as Unsqueeze of Constants: read as
+    the slice's attributes. Axes that depend on the input (here its shape) are not constants."""
+    scalar3 = helper.make_node("Constant", [], ["three"], value=tensor("three", np.array(3, np.int64)))
+    if computed_from == "constants":
+        make_axis = [scalar3]
+    else:
+        make_axis = [helper.make_node("Shape", ["x"], ["shape"]),
+                     helper.make_node("Gather", ["shape", "idx0"], ["three"], axis=0)]
+    nodes = make_axis + [
+        helper.make_node("Constant", [], ["one"], value=tensor("one", np.array(1, np.int64))),
+        helper.make_node("Unsqueeze", ["three", "axis0"], ["axes"]),
+        helper.make_node("Unsqueeze", ["one", "axis0"], ["steps"]),
+        helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])]
+    inits = [tensor("axis0", np.array([0], np.int64)), tensor("starts", np.array([1], np.int64)),
+             tensor("ends", np.array([-1], np.int64)), tensor("idx0", np.array(1, np.int64))]
+    path = save(tmp_path / "m.onnx", nodes, inits, inputs=(("x", [1, 3, 5, 5]),))
+    crop = open_onnx(path).graph.nodes[-1]
+    if computed_from == "constants":
+        assert (crop.op, crop.inputs, crop.attrs["axes"]) == ("slice", ("x", "starts", "ends"), [3])
+    else:
+        assert crop.op == "onnx::Slice"
+    x = weights(1, 3, 5, 5)
+    assert np.array_equal(run(path, x), x[:, :, :, 1:-1])
