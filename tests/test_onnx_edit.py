@@ -104,10 +104,14 @@ def test_the_taken_branch_of_an_inlined_if_runs_where_the_if_was(tmp_path):
 def test_new_nodes_are_convs_and_adds_only(tmp_path):
     path = save(tmp_path / "m.onnx", [helper.make_node("Relu", ["x"], ["y"])], [])
     source = open_onnx(path)
-    doubled = [Node("add", ("x", "x"), ("twice",)), replace(source.graph.nodes[0], inputs=("twice",))]
+    doubled = [Node("add", ("x", "x"), ("twice",)), Node("add", ("x", "twice", "x"), ("four",)),
+               replace(source.graph.nodes[0], inputs=("four",))]
     proto = apply_deploy(source.model, source.graph, replace(source.graph, nodes=doubled))
     check_onnx(proto, "test")
-    assert [n.op_type for n in proto.graph.node] == ["Add", "Relu"]
+    assert [n.op_type for n in proto.graph.node] == ["Add", "Sum", "Relu"]
+    out = tmp_path / "edited.onnx"
+    onnx.save(proto, str(out))
+    assert np.allclose(run(out, X), np.maximum(4 * X, 0))
     source = open_onnx(path)
     with pytest.raises(ConvertError, match="cannot create a 'multiply' node"):
         apply_deploy(source.model, source.graph, replace(source.graph, nodes=[Node("multiply", ("x", "x"), ("y",))]))

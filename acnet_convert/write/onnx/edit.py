@@ -4,7 +4,7 @@ difference (`graph.ir`'s contract), the rest of the model left as it was.
 - A deploy node with an origin is those source nodes, kept: the same NodeProtos (names,
   attributes, domains), reading other tensors where the deploy graph rewired them.
 - A deploy node without an origin is new: a `conv2d` becomes a Conv (with its bias), an `add`
-  an Add; new weights become initializers.
+  an Add (a Sum of more terms); new weights become initializers.
 - Source nodes no deploy node stands for go, and so do initializers, inputs and value_info
   entries that nothing reads any more; a source node that a kept node still reads stays.
 - The model's IR version, opsets, functions, metadata and producer stay; the outputs keep their
@@ -29,9 +29,10 @@ NewNode = Callable[[Node, str], Any]  # (deploy node, a free node name) -> NodeP
 _NEW: dict[str, NewNode] = {}
 
 
-def makes(op: str) -> Callable[[NewNode], NewNode]:
+def makes(*ops: str) -> Callable[[NewNode], NewNode]:
     def register(fn: NewNode) -> NewNode:
-        _NEW[op] = fn
+        for op in ops:
+            _NEW[op] = fn
         return fn
 
     return register
@@ -50,11 +51,13 @@ def _conv(node: Node, name: str) -> Any:
                             dilations=[int(d) for d in a.get("dilations", [1, 1])], group=int(a.get("groups", 1)))
 
 
-@makes("add")
+@makes("add", "add_n")
 def _add(node: Node, name: str) -> Any:
+    """An add of two terms is an Add; of more (a partial sum left beside a fused conv) a Sum."""
     from onnx import helper
 
-    return helper.make_node("Add", list(node.inputs), list(node.outputs), name=name)
+    terms = [t for item in node.inputs for t in (item if isinstance(item, tuple) else (item,)) if t is not None]
+    return helper.make_node("Add" if len(terms) == 2 else "Sum", terms, list(node.outputs), name=name)
 
 
 def _reads(node: Any) -> set[str]:
