@@ -15,6 +15,7 @@ external data into OUT's own `model.onnx.data`, with new ones that are as large.
 """
 from __future__ import annotations
 
+import heapq
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -154,8 +155,6 @@ def _toposorted(nodes: list[Any], available: set[str]) -> list[Any]:
     for i, deps in enumerate(waiting):
         for d in deps:
             readers.setdefault(d, []).append(i)
-    import heapq
-
     ready = [i for i, deps in enumerate(waiting) if not deps]
     heapq.heapify(ready)
     order = []
