@@ -88,11 +88,10 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
     what = result.manifest.arch or f"{printable(source)}"
     classes = f" ({result.manifest.num_classes} classes)" if result.manifest.num_classes else ""
     ignored = f"; ignored {result.source.ignored} non-weight variables" if result.source.kind == "checkpoint" else ""
-    declined = f"; left {len(result.declined)} sums as they are (see inspect)" if result.declined else ""
-    ui.result(
-        f"fused {what}{classes}: {counts['sum']} branch sums and {counts['conv_bn']} conv+BN into "
-        f"{counts['sum'] + counts['conv_bn']} convs{declined}{ignored}"
-    )
+    declined = f"; left {len(result.declined)} regions as they are (see inspect)" if result.declined else ""
+    kinds = ", ".join(f"{n} {label}" for n, label in ((counts["sum"], "branch sums"), (counts["chain"], "conv chains"),
+                                                      (counts["conv_bn"], "conv+BN")) if n)
+    ui.result(f"fused {what}{classes}: {kinds or 'nothing'} into {sum(counts.values())} convs, each proven{declined}{ignored}")
     program = Artifacts(result.out_dir).program(result.manifest.formats[0])
     ui.result(f"deploy model: {printable(program)} (wrote {', '.join(result.files)})")
 
