@@ -4,7 +4,6 @@ sums declined and left correct, usage errors, a changed source."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
@@ -39,7 +38,7 @@ def repvgg(onnx_export, tmp_path_factory):
 
 def test_fuse_writes_the_fused_model_and_its_manifest_without_paddle(repvgg, tmp_path):
     source, out, text = repvgg
-    assert text.splitlines()[-2:] == [f"fused {source}: 5 branch sums and 0 conv+BN into 5 convs",
+    assert text.splitlines()[-2:] == [f"fused {source}: 5 branch sums into 5 convs, each proven",
                                       f"fused model: {out / 'model.onnx'} (wrote manifest.json, model.onnx)"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["format"] == "onnx" and manifest["formats"] == []
@@ -95,7 +94,7 @@ def test_inspect_lists_groups_of_the_model_and_of_its_output(repvgg):
     assert code == 0 and "format: onnx" in text and "5 branch sums and 0 conv+BN fold into one conv each" in text
     assert "batch_norm 13->0" in text and "conv2d 10->5" in text
     code, text = invoke("inspect", out)
-    assert code == 0 and "format: fuse-output" in text and "identity+3x3+1x1" in text
+    assert code == 0 and "format: fuse-output" in text and "3x3+1x1+identity" in text
 
 
 def test_a_changed_source_is_named_and_another_can_be_given(repvgg, tmp_path):
@@ -155,7 +154,8 @@ def _conv_bn(prefix: str, x: str, pads, kernel=(3, 3)) -> tuple[list, list]:
 
 def test_declined_sums_are_named_with_the_reason_and_stay_correct(tmp_path):
     """Three ACB-like sums: aligned (folds), misaligned padding (one branch's taps sit a row
-    below: declined), and a branch BN read by another op too (declined)."""
+    below: declined, the reason named), and a branch BN that another op multiplies by (its
+    branches fold alone, the sum stays an Add)."""
     nodes, inits = [], []
     for p, pads in (("a", [1, 1, 1, 1]), ("a2", [1, 1, 1, 1])):
         n, i = _conv_bn(p, "x", pads)
@@ -182,11 +182,11 @@ def test_declined_sums_are_named_with_the_reason_and_stay_correct(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert [(r["kind"], r["output"]) for r in manifest["fused"] if r["kind"] == "sum"] == [("sum", "a.sum")]
     declined = {d["op"]: d["reason"] for d in manifest["declined"]}
-    # the reasons as the finder words them: a kernel that does not fit, a branch read elsewhere
-    assert re.search("misaligned|larger than the largest kernel", declined["node #10 'misaligned_sum' (Add)"])
-    assert re.search("outside|elsewhere", declined["node #16 'shared_sum' (Add)"])
+    assert "larger than the largest kernel" in declined["node #10 'misaligned_sum' (Add)"]
+    assert {r["output"] for r in manifest["fused"] if r["kind"] == "conv_bn"} >= {"s.bn", "s2.bn"}
     code, text = invoke("verify", out, "--batches", "1", "--per-layer")
     assert code == 0 and text.splitlines()[-1] == "MATCH", text
+    assert "1 fused conv(s) are part of a sum left as adds" in text  # the misaligned sum's foldable branch
     assert E.op_histogram(out / "model.onnx")["Add"] == 2
 
 

@@ -84,16 +84,20 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
     result = run_fuse(source, track=ui.progress, note=ui.note, **options)
     for warning in result.warnings:
         ui.note(f"warning: {printable(warning, 400)}")
-    counts = result.counts
     what = result.manifest.arch or f"{printable(source)}"
     classes = f" ({result.manifest.num_classes} classes)" if result.manifest.num_classes else ""
     ignored = f"; ignored {result.source.ignored} non-weight variables" if result.source.kind == "checkpoint" else ""
-    declined = f"; left {len(result.declined)} regions as they are (see inspect)" if result.declined else ""
-    kinds = ", ".join(f"{n} {label}" for n, label in ((counts["sum"], "branch sums"), (counts["chain"], "conv chains"),
-                                                      (counts["conv_bn"], "conv+BN")) if n)
-    ui.result(f"fused {what}{classes}: {kinds or 'nothing'} into {sum(counts.values())} convs, each proven{declined}{ignored}")
+    ui.result(f"fused {what}{classes}: {_fused_kinds(result.counts, result.declined)}{ignored}")
     program = Artifacts(result.out_dir).program(result.manifest.formats[0])
     ui.result(f"deploy model: {printable(program)} (wrote {', '.join(result.files)})")
+
+
+def _fused_kinds(counts: dict[str, int], declined: list[Any]) -> str:
+    """'4 branch sums, 1 conv+BN into 5 convs, each proven; left 2 regions as they are (see inspect)'."""
+    left = f"; left {len(declined)} regions as they are (see inspect)" if declined else ""
+    kinds = ", ".join(f"{n} {label}" for n, label in ((counts["sum"], "branch sums"), (counts["chain"], "conv chains"),
+                                                      (counts["conv_bn"], "conv+BN")) if n)
+    return f"{kinds or 'nothing'} into {sum(counts.values())} convs, each proven{left}"
 
 
 def _fuse_onnx(ui: Output, source: Path, options: dict[str, Any]) -> None:
@@ -110,10 +114,7 @@ def _fuse_onnx(ui: Output, source: Path, options: dict[str, Any]) -> None:
                        allow_nonfinite=options["allow_nonfinite"], track=ui.progress, note=ui.note)
     for warning in result.warnings:
         ui.note(f"warning: {printable(warning, 400)}")
-    counts = result.counts
-    declined = f"; left {len(result.declined)} sums as they are (see inspect)" if result.declined else ""
-    ui.result(f"fused {printable(source)}: {counts['sum']} branch sums and {counts['conv_bn']} conv+BN into "
-              f"{counts['sum'] + counts['conv_bn']} convs{declined}")
+    ui.result(f"fused {printable(source)}: {_fused_kinds(result.counts, result.declined)}")
     ui.result(f"fused model: {printable(Artifacts(result.out_dir).onnx)} (wrote {', '.join(result.files)})")
 
 

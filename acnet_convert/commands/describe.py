@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from acnet_convert.out.artifacts import MANIFEST, Artifacts
 from acnet_convert.common.errors import ConvertError
@@ -135,18 +135,36 @@ def describe_checkpoint(path: Path, input_size: int | None = None) -> dict[str, 
 
 
 def describe_program(path: Path, found: tuple[Path, Path], input_size: int | None = None) -> dict[str, Any]:
-    from acnet_convert.graph.reparam import deploy_graph, fold_graph
-    from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
     from acnet_convert.read.program import load_program
     from acnet_convert.read.program_reader import read_graph
 
     program = load_program(*found)
-    graph = read_graph(program)
+    return describe_graph(path, program.format, read_graph(program), input_size)
+
+
+def describe_onnx(path: Path, input_size: int | None = None) -> dict[str, Any]:
+    """A train-form ONNX model, each op of the tables named by its ONNX node."""
+    from acnet_convert.commands.fuse_onnx import onnx_tables
+    from acnet_convert.read.onnx.source import open_onnx
+
+    source = open_onnx(path)
+    return describe_graph(path, source.format, source.graph, input_size, lambda f: onnx_tables(source.model, f))
+
+
+def describe_graph(path: Path, fmt: str, graph: Any, input_size: int | None = None,
+                   tables: Callable[[Any], tuple[list, list]] | None = None) -> dict[str, Any]:
+    """What folds in `graph` (read from a program or a model) and what is declined."""
+    from acnet_convert.graph.reparam import deploy_graph, fold_graph
+    from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
+
     problems: list[str] = []
     try:
         folding = fold_graph(graph, allow_nonfinite=True, warn=problems.append)
         deploy = deploy_graph(folding)
-        rows, declined = fused_rows(folding.graph, folding.fused), declined_rows(folding.graph, folding.declined)
+        if tables is not None:
+            rows, declined = tables(folding)
+        else:
+            rows, declined = fused_rows(folding.graph, folding.fused), declined_rows(folding.graph, folding.declined)
     except ConvertError as err:
         problems.append(str(err))
         deploy, rows, declined = None, [], []
@@ -157,40 +175,9 @@ def describe_program(path: Path, found: tuple[Path, Path], input_size: int | Non
     shape = graph.tensors[graph.inputs[0]].shape if graph.inputs and graph.inputs[0] in graph.tensors else ()
     size = shape[-1] if len(shape) == 4 and shape[-1] > 0 else input_size
     return _report(
-        path, program.format, size, _manifest_rows(rows), totals,
+        path, fmt, size, _manifest_rows(rows), totals,
         ops={"train": graph.op_counts(), "deploy": deploy.op_counts() if deploy is not None else {}},
         declined=declined,
-        problems=problems,
-    )
-
-
-def describe_onnx(path: Path, input_size: int | None = None) -> dict[str, Any]:
-    """A train-form ONNX model: what folds, what is declined (each sum named by its ONNX node)."""
-    from acnet_convert.commands.fuse_onnx import onnx_declined_rows
-    from acnet_convert.graph.patterns import find_groups
-    from acnet_convert.graph.reparam import deploy_graph, fuse_graph
-    from acnet_convert.graph.summary import graph_totals
-    from acnet_convert.read.onnx.source import open_onnx
-
-    source = open_onnx(path)
-    graph = source.graph
-    groups, declined = find_groups(graph)
-    problems: list[str] = []
-    try:
-        deploy = deploy_graph(graph, fuse_graph(graph, groups))
-    except ConvertError as err:
-        problems.append(str(err))
-        deploy = None
-    train_totals = graph_totals(graph)
-    deploy_totals = graph_totals(deploy) if deploy is not None else {"params": None, "macs": None}
-    totals = {"params_train": train_totals["params"], "params_deploy": deploy_totals["params"],
-              "macs_train": train_totals["macs"], "macs_deploy": deploy_totals["macs"]}
-    shape = graph.tensors[graph.inputs[0]].shape if graph.inputs and graph.inputs[0] in graph.tensors else ()
-    size = shape[-1] if len(shape) == 4 and shape[-1] > 0 else input_size
-    return _report(
-        path, source.format, size, _group_rows(graph, groups), totals,
-        ops={"train": graph.op_counts(), "deploy": deploy.op_counts() if deploy is not None else {}},
-        declined=onnx_declined_rows(source.model, graph, declined),
         problems=problems,
     )
 

@@ -12,8 +12,9 @@ from typing import Any, Callable, Iterable
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.text import printable
 from acnet_convert.graph.ir import Graph
-from acnet_convert.graph.patterns import Declined, Group, find_groups
-from acnet_convert.graph.reparam import FusedConv, deploy_graph, fuse_graph
+from acnet_convert.graph.collapse import Declined
+from acnet_convert.graph.regions import Region
+from acnet_convert.graph.reparam import Folding, FusedConv, deploy_graph, fold_graph
 from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
 from acnet_convert.out.artifacts import ONNX_DATA, ONNX_SOURCE, Artifacts, InputRecord, Manifest, SourceRecord, new_manifest
 from acnet_convert.out.destination import check_destination
@@ -35,8 +36,9 @@ class OnnxFuseResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        kinds = [f.group.kind for f in self.fused]
-        return {"sum": kinds.count("sum"), "conv_bn": kinds.count("conv_bn")}
+        """Fused convs by kind: sums of branches, chains of convs, one conv with its BN."""
+        kinds = [row["kind"] for row in self.manifest.fused]
+        return {kind: kinds.count(kind) for kind in ("sum", "chain", "conv_bn")}
 
 
 def fixed_size(graph: Graph) -> int | None:
@@ -46,14 +48,22 @@ def fixed_size(graph: Graph) -> int | None:
     return shape[2] if len(shape) == 4 and shape[2] > 0 and shape[2] == shape[3] else None
 
 
-def onnx_declined_rows(model: OnnxModel, graph: Graph, declined: list[Declined]) -> list[dict[str, Any]]:
-    """The declined table, each sum named by its ONNX node."""
-    rows = declined_rows(graph, declined)
-    for row, d in zip(rows, declined):
-        origin = graph.nodes[d.node].origin
-        if origin:
-            row["op"] = model.where(origin[0]).split(": ", 1)[-1]
-    return rows
+def _onnx_node(model: OnnxModel, node: Any) -> str:
+    """A graph node as its (first) ONNX node: "node #12 'name' (Conv)"."""
+    return model.where(node.origin[0]).split(": ", 1)[-1] if node.origin else node.where()
+
+
+def onnx_tables(model: OnnxModel, folding: Folding) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The manifest's fused and declined tables, each op named by its ONNX node (read before
+    the edit renumbers them)."""
+    graph = folding.graph
+    fused = fused_rows(graph, folding.fused)
+    for row, f in zip(fused, folding.fused):
+        row["ops"] = [_onnx_node(model, graph.nodes[i]) for i in f.collapse.nodes]
+    declined = declined_rows(graph, folding.declined)
+    for row, d in zip(declined, folding.declined):
+        row["op"] = _onnx_node(model, graph.nodes[d.node])
+    return fused, declined
 
 
 def fuse_onnx(
@@ -63,7 +73,7 @@ def fuse_onnx(
     input_size: int = 224,
     force: bool = False,
     allow_nonfinite: bool = False,
-    track: Callable[[list[Group], str], Iterable[Group]] | None = None,
+    track: Callable[[list[Region], str], Iterable[Region]] | None = None,
     note: Callable[[str], None] = lambda _text: None,
 ) -> OnnxFuseResult:
     """Fuse the train-form ONNX model `source_path` into OUT/model.onnx (see the module docstring)."""
@@ -81,13 +91,12 @@ def fuse_onnx(
     timings["read"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    groups, declined = find_groups(graph)
-    fused = fuse_graph(graph, groups, allow_nonfinite, warnings.append, track)
-    deploy = deploy_graph(graph, fused)
+    folding = fold_graph(graph, allow_nonfinite, warnings.append, track)
+    fused, declined = folding.fused, folding.declined
+    deploy = deploy_graph(folding)
     train_totals, deploy_totals = graph_totals(graph), graph_totals(deploy)
     timings["fusion"] = time.perf_counter() - start
-    # named by the source's nodes: before the edit renumbers them
-    fused_table, declined_table = fused_rows(graph, fused), onnx_declined_rows(source.model, graph, declined)
+    fused_table, declined_table = onnx_tables(source.model, folding)
     note(f"writing the fused ONNX model to {printable(out)}")
     start = time.perf_counter()
     external = source.model.external
