@@ -6,11 +6,12 @@
    model `acnet-convert fuse` makes of the train-form export against the upstream's own
    deployed model exported the same way (switch_to_deploy / reparameterize / fuse_model),
    timed interleaved in one run, with the train-form export beside them for what fusion buys.
-   Target: fused within 1.02x of deployed. A variant whose sums wait for the region passes of
-   issue 18 still runs its train-form branches: its row says how many convs it kept.
-2. fuse of the ~100 MB wide RepVGG (fixtures/export_onnx.py large, the unfolded export, which
-   folds today) against `onnx.load` + `onnx.save` of the same file, both in this process,
-   interleaved. Target: within 2x.
+   Target: fused within 1.02x of deployed. A model the region passes do not fold to the
+   deployed Conv count yet keeps some train-form branches: its row says how many convs.
+2. fuse of the ~100 MB wide RepVGG (fixtures/export_onnx.py large, the export without constant
+   folding: 12 sums of conv+BN branches) against `onnx.load` + `onnx.save` of the same file,
+   both in this process, interleaved. Target: within 2x. The phases of the last run say where
+   the time goes (read, fusion = the region passes and their proofs, edit, write).
 Exports are cached in build/bench/onnx/.
 """
 from __future__ import annotations
