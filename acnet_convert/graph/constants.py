@@ -3,8 +3,8 @@
 - Every op whose operands are all weights or constants (or shapes that are static) is
   evaluated once, in float64 (`evaluate`). A float result that an op which stays still reads
   becomes a new weight (DBB's `weight + id_tensor`, BNAndPad's pad values, a cast parameter);
-  the ops that made it go. Integer results (shapes, axes) stay as the ops that make them:
-  they cost nothing and keep their operand form.
+  the ops that made it go. Integer results (shapes, axes, bounds) stay as the ops that make
+  them (they cost nothing and keep their operand form), their values known in `constants`.
 - An `if` whose condition is such a constant is resolved: the taken block's nodes run where
   the `if` was, the other block is dropped (PP-YOLOE+'s `if self.alpha:` on a parameter). One
   whose condition depends on the input is refused: control flow on data is not supported.
@@ -29,6 +29,7 @@ from acnet_convert.graph.ir import Block, Graph, Input, Node, TensorInfo, unique
 # ops never folded: they are how a program reads and writes, or they are constants already
 _NOT_FOLDED = ("data", "feed", "fetch", "full", "full_int_array", "assign_value")
 _IDENTITY_OPS = ("assign", "cast", "dropout", "scale", "add", "subtract", "multiply", "divide")
+_SMALL = 1024  # integer values (shapes, axes, bounds) at most this big are kept known
 
 
 def _renamed(item: Input, names: dict[str, str]) -> Input:
@@ -117,7 +118,13 @@ def fold_constants(graph: Graph) -> Graph:
     for t in outputs:  # an output computed from constants alone stays computed
         materialized.pop(t, None)
     nodes = [_rewire(n, materialized) for n in nodes]
-    folded_graph = replace(graph, nodes=nodes, outputs=outputs, weights=weights, tensors=tensors)
+    # the small integer values keep their ops and are known too (a crop's bounds made of constants)
+    constants = dict(graph.constants)
+    for t, node in folder.folded.items():
+        value = np.asarray(folder.values[t]) if t in folder.values else None
+        if value is not None and not _is_float(value) and value.size <= _SMALL and t not in materialized:
+            constants[t] = value
+    folded_graph = replace(graph, nodes=nodes, outputs=outputs, weights=weights, tensors=tensors, constants=constants)
     return drop_identities(folded_graph.pruned())
 
 

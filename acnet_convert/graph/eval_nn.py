@@ -112,7 +112,9 @@ def _pad(node: Node, args: list[Any]) -> np.ndarray:
         top, bottom, left, right = hw_padding(node, args[1] if len(args) > 1 else None)
         n, c, d, h, w = x.shape
         return numeric.pad(x.reshape(n, c * d, h, w), top, bottom, left, right, value).reshape(n, c, d, h + top + bottom, w + left + right)
-    # PIR's pad: paddings an attribute (all axes), the value its second operand
-    value = scalar(args[1] if len(args) > 1 else None, node.attrs.get("pad_value", 0.0))
+    # PIR's pad: paddings an attribute (all axes), the value its second operand (one per
+    # channel where a reader made it so: ONNX's Pad + ScatterND of a BNAndPad)
+    values = np.asarray(args[1], np.float64).reshape(-1) if len(args) > 1 and args[1] is not None else None
+    value = values if values is not None and values.size > 1 else scalar(args[1] if len(args) > 1 else None, node.attrs.get("pad_value", 0.0))
     top, bottom, left, right = hw_padding(node, None)
     return numeric.pad(x, top, bottom, left, right, value)
