@@ -10,11 +10,12 @@ import click
 
 from acnet_convert.cli.endings import handled, say
 from acnet_convert.cli.options import (ARCH_CHOICES, BATCH_PIXELS, BATCH_SIZE, BATCHES, INPUT_SIZE, NUM_CLASSES, SEED,
-                                       TOLERANCE, TOTAL_PIXELS, check_verify_budget, fuse_output_files, source_files,
-                                       three_floats)
+                                       SIZE, TOLERANCE, TOTAL_PIXELS, check_verify_budget, fuse_output_files,
+                                       source_files, three_floats)
 from acnet_convert.cli.output import Output
 from acnet_convert.cli.versions import print_version
 from acnet_convert.common import quiet, signals
+from acnet_convert.common.sizes import size_text
 from acnet_convert.common.text import printable
 from acnet_convert.out import destination, staging
 from acnet_convert.out.artifacts import ONNX_MODEL, ONNX_SOURCE, Artifacts
@@ -45,8 +46,9 @@ def cli(ctx: click.Context, verbose: bool, quiet_mode: bool) -> None:
               help="Architecture; auto detects it from the tensor names.")
 @click.option("--num-classes", type=NUM_CLASSES, default=None,
               help="Class count; default: read from fc_0.b_0.")
-@click.option("--input-size", type=INPUT_SIZE, default=224, show_default=True,
-              help="Height and width of the deploy model's input.")
+@click.option("--input-size", type=SIZE, default=None,
+              help="N or HxW, each side 32..8192: the input size where the model leaves it open (default "
+                   "224; a program exported for one size keeps it).")
 @click.option("--onnx", "with_onnx", is_flag=True, help="Also write OUT/model.onnx.")
 @click.option("--dynamic-size", is_flag=True, help="With --onnx: height and width symbolic (any input size).")
 @click.option("--paddle-format", type=click.Choice(["auto", "pir", "legacy", "both"]), default="auto", show_default=True,
@@ -84,20 +86,9 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
     result = run_fuse(source, track=ui.progress, note=ui.note, **options)
     for warning in result.warnings:
         ui.note(f"warning: {printable(warning, 400)}")
-    what = result.manifest.arch or f"{printable(source)}"
-    classes = f" ({result.manifest.num_classes} classes)" if result.manifest.num_classes else ""
-    ignored = f"; ignored {result.source.ignored} non-weight variables" if result.source.kind == "checkpoint" else ""
-    ui.result(f"fused {what}{classes}: {_fused_kinds(result.counts, result.declined)}{ignored}")
+    ui.result(result.summary())
     program = Artifacts(result.out_dir).program(result.manifest.formats[0])
     ui.result(f"deploy model: {printable(program)} (wrote {', '.join(result.files)})")
-
-
-def _fused_kinds(counts: dict[str, int], declined: list[Any]) -> str:
-    """'4 branch sums, 1 conv+BN into 5 convs, each proven; left 2 regions as they are (see inspect)'."""
-    left = f"; left {len(declined)} regions as they are (see inspect)" if declined else ""
-    kinds = ", ".join(f"{n} {label}" for n, label in ((counts["sum"], "branch sums"), (counts["chain"], "conv chains"),
-                                                      (counts["conv_bn"], "conv+BN")) if n)
-    return f"{kinds or 'nothing'} into {sum(counts.values())} convs, each proven{left}"
 
 
 def _fuse_onnx(ui: Output, source: Path, options: dict[str, Any]) -> None:
@@ -114,7 +105,7 @@ def _fuse_onnx(ui: Output, source: Path, options: dict[str, Any]) -> None:
                        allow_nonfinite=options["allow_nonfinite"], track=ui.progress, note=ui.note)
     for warning in result.warnings:
         ui.note(f"warning: {printable(warning, 400)}")
-    ui.result(f"fused {printable(source)}: {_fused_kinds(result.counts, result.declined)}")
+    ui.result(result.summary())
     ui.result(f"fused model: {printable(Artifacts(result.out_dir).onnx)} (wrote {', '.join(result.files)})")
 
 
@@ -145,7 +136,7 @@ def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **o
     if done.fp16:
         share = done.underflow / done.values if done.values else 0.0
         ui.result(f"float16: {done.underflow} of {done.values} weight values underflow to zero ({share:.2%})")
-    size = "dynamic" if options["dynamic_size"] else f"{manifest.input_size}x{manifest.input_size}"
+    size = "dynamic" if options["dynamic_size"] else size_text(manifest.input_hw)
     ui.result(f"wrote {printable(done.path)} (opset {done.opset}, batch {'1' if options['static_batch'] else 'dynamic'}, "
               f"size {size}, {'float16' if done.fp16 else 'float32'})")
 
@@ -173,11 +164,14 @@ def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **o
 @click.option("--labels", type=click.Path(path_type=Path), default=None,
               help="With --images: 'name index' lines giving each image's class.")
 @click.option("--resize-short", type=INPUT_SIZE, default=None, help="With --images: short side before the crop.")
-@click.option("--crop", type=INPUT_SIZE, default=None, help="With --images: centre crop size.")
+@click.option("--crop", type=SIZE, default=None, help="With --images: centre crop, N or HxW.")
 @click.option("--mean", default=None, callback=three_floats, help="With --images: R,G,B mean (of x / 255).")
 @click.option("--std", default=None, callback=three_floats, help="With --images: R,G,B std (of x / 255).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
 @click.option("--per-layer", is_flag=True, help="Also check every fused group alone and name the first that diverges.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="For an OUT fused with --allow-nonfinite: read the source's NaN/Inf weights, and count outputs "
+                   "that are NaN or Inf in both graphs alike as equal.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the report as JSON ('-' for stdout).")
 @click.pass_obj
@@ -188,7 +182,7 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
     1 when not."""
     manifest = Artifacts(out_dir).read_manifest()
     streamed = options["inputs"] is not None or options["images"] is not None
-    check_verify_budget(options["crop"] or manifest.input_size, options["batch_size"], options["batches"], streamed)
+    check_verify_budget(options["crop"] or manifest.input_hw, options["batch_size"], options["batches"], streamed)
     to_file = json_path is not None and str(json_path) != "-"
     if to_file:  # before the run, not after it
         read = [options[k] for k in ("source", "ckpt", "onnx", "inputs", "labels")] + source_files(manifest)
@@ -207,18 +201,19 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
         else:
             staging.write_file(json_path, (text + "\n").encode(), replace=True, what="--json", check=destination.verify_report)
     if str(json_path) != "-":
-        ui.result(report.format_table())
+        ui.result(report.format_table().rsplit("\n", 1)[0])  # the table, then its verdict line
+        ui.verdict(report.verdict, always=not report.ok)
     return 0 if report.ok else 1
 
 
 @cli.command()
 @click.argument("path", metavar="SOURCE|OUT", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--input-size", type=INPUT_SIZE, default=None,
-              help="For multiply-add counts; default: the model's or the manifest's, else 224.")
+@click.option("--input-size", type=SIZE, default=None,
+              help="N or HxW, for multiply-add counts; default: the model's or the manifest's, else 224.")
 @click.pass_obj
 @handled
-def inspect(ui: Output, path: Path, as_json: bool, input_size: int | None) -> None:
+def inspect(ui: Output, path: Path, as_json: bool, input_size: tuple[int, int] | None) -> None:
     """Describe a SOURCE or a fuse output: what folds (each group by kind), the sums left as
     they are and why, ops by type, parameter and multiply-add totals of the train and deploy
     graphs. Checkpoints and OUT folders are read without Paddle; a program needs it."""

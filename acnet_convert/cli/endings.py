@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import textwrap
 import gc
 import os
 import sys
@@ -20,6 +21,7 @@ from acnet_convert.common.text import one_line, printable
 EXIT_BAD_INPUT = 3
 EXIT_INTERNAL = 4
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a filter whose reader went away returns
+WIDTH = 80  # a listing under an error is wrapped to a terminal's width
 
 
 def say(line: str) -> None:
@@ -68,6 +70,7 @@ def handled(command: Callable[..., int | None]) -> Callable[..., None]:
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except BaseException as err:  # noqa: BLE001 - every ending gets its line and code
+            ui.end_line()
             code = _ending(err, ui.verbose)
         # Paddle leaves millions of objects behind; collecting them at interpreter exit took
         # 0.7-2 s of every run (measured). Nothing needs them collected: freeze and go.
@@ -86,7 +89,12 @@ def _ending(err: BaseException, verbose: bool) -> int:
         say(signals.describe(interrupt))
         return signals.exit_code(interrupt)
     if isinstance(err, ConvertError):
-        say(f"error: {err}")
+        say(f"error: {err.headline}")
+        if err.listing:
+            label, names = err.listing
+            for line in textwrap.wrap(f"{label}: {', '.join(printable(n, 80) for n in names)}", WIDTH,
+                                      initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False):
+                say(line)
         return err.exit_code
     if isinstance(err, BrokenPipeError):
         return _stdout_closed()

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.errors import UsageError
+from acnet_convert.common.sizes import MAX_SIZE, MIN_SIZE, SizeLike, as_size, parse_size
 from acnet_convert.out import destination
 from acnet_convert.out.artifacts import ONNX_MODEL
 
@@ -22,11 +23,26 @@ class _FiniteFloat(click.FloatRange):
         return result
 
 
+class _Size(click.ParamType):
+    """N or HxW (height x width), each side in MIN_SIZE..MAX_SIZE: (H, W)."""
+
+    name = "N|HxW"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_size(value, param.opts[0] if param else "size")
+        except UsageError as err:
+            self.fail(str(err).split(": ", 1)[-1], param, ctx)
+
+
 ARCH_CHOICES = ["auto", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
 # What Paddle and memory can honour. The manifest reader (artifacts) accepts input sizes to
 # 8192 and class counts to 2**24; verify's images are bounded again by pixels, below.
-INPUT_SIZE = click.IntRange(32, 8192)
+INPUT_SIZE = click.IntRange(MIN_SIZE, MAX_SIZE)
+SIZE = _Size()
 NUM_CLASSES = click.IntRange(1, 1 << 24)
 BATCH_SIZE = click.IntRange(1, 4096)
 BATCHES = click.IntRange(1, 100_000)
@@ -36,15 +52,17 @@ BATCH_PIXELS = 1 << 24  # per batch: 16.7 Mpx, 200 MB of float32 input (334 imag
 TOTAL_PIXELS = 1 << 27  # random inputs in all: 134 Mpx, 1.6 GB (2674 images at 224)
 
 
-def check_verify_budget(input_size: int, batch_size: int, batches: int, from_file: bool) -> None:
-    """Refuse, before any work, image counts that memory cannot hold."""
-    per_image = input_size * input_size
+def check_verify_budget(size: SizeLike, batch_size: int, batches: int, from_file: bool) -> None:
+    """Refuse, before any work, image counts that memory cannot hold (random inputs may add one
+    batch at a second size of about as many pixels: counted)."""
+    h, w = as_size(size)
+    per_image = h * w
     if batch_size * per_image > BATCH_PIXELS:
-        raise ConvertError(f"--batch-size {batch_size} of {input_size}x{input_size} images is more than one batch "
-                           f"may hold: at most {max(1, BATCH_PIXELS // per_image)}")
-    if not from_file and batches * batch_size * per_image > TOTAL_PIXELS:
-        raise ConvertError(f"--batches {batches} x --batch-size {batch_size} of {input_size}x{input_size} images is "
-                           f"more than one run may hold: at most {max(1, TOTAL_PIXELS // per_image)} images")
+        raise UsageError(f"--batch-size {batch_size} of {h}x{w} images is more than one batch "
+                         f"may hold: at most {max(1, BATCH_PIXELS // per_image)}")
+    if not from_file and (batches + 1) * batch_size * per_image > TOTAL_PIXELS:
+        raise UsageError(f"--batches {batches} x --batch-size {batch_size} of {h}x{w} images is "
+                         f"more than one run may hold: at most {max(1, TOTAL_PIXELS // per_image)} images")
 
 
 def fuse_output_files(out_dir: Path) -> list[Path]:

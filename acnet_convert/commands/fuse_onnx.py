@@ -5,18 +5,18 @@ Paddle is not imported."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from acnet_convert.commands.fuse import FuseResult, input_size_of
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.sizes import SizeLike
 from acnet_convert.common.text import printable
-from acnet_convert.graph.ir import Graph
-from acnet_convert.graph.collapse import Declined
 from acnet_convert.graph.regions import Region
-from acnet_convert.graph.reparam import Folding, FusedConv, deploy_graph, fold_graph
+from acnet_convert.graph.reparam import Folding, deploy_graph, fold_graph
 from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
-from acnet_convert.out.artifacts import ONNX_DATA, ONNX_SOURCE, Artifacts, InputRecord, Manifest, SourceRecord, new_manifest
+from acnet_convert.out.artifacts import ONNX_DATA, ONNX_SOURCE, Artifacts, InputRecord, SourceRecord, new_manifest
 from acnet_convert.out.destination import check_destination
 from acnet_convert.out.staging import staged_dir
 from acnet_convert.read.onnx.model import OnnxModel
@@ -24,28 +24,8 @@ from acnet_convert.read.onnx.source import OnnxSource, open_onnx
 
 
 @dataclass
-class OnnxFuseResult:
-    out_dir: Path
-    source: OnnxSource
-    manifest: Manifest
-    fused: list[FusedConv]
-    declined: list[Declined]
-    warnings: list[str]
-    files: list[str]
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Fused convs by kind: sums of branches, chains of convs, one conv with its BN."""
-        kinds = [row["kind"] for row in self.manifest.fused]
-        return {kind: kinds.count(kind) for kind in ("sum", "chain", "conv_bn")}
-
-
-def fixed_size(graph: Graph) -> int | None:
-    """H of a model whose one [N, C, H, W] input has a fixed square size, else None."""
-    info = graph.tensors.get(graph.inputs[0]) if len(graph.inputs) == 1 else None
-    shape = info.shape if info else ()
-    return shape[2] if len(shape) == 4 and shape[2] > 0 and shape[2] == shape[3] else None
+class OnnxFuseResult(FuseResult):
+    source: OnnxSource  # type: ignore[assignment] - the same fields a Paddle source's summary reads
 
 
 def _onnx_node(model: OnnxModel, node: Any) -> str:
@@ -70,7 +50,7 @@ def fuse_onnx(
     source_path: Path,
     out: Path,
     *,
-    input_size: int = 224,
+    input_size: SizeLike | None = None,
     force: bool = False,
     allow_nonfinite: bool = False,
     track: Callable[[list[Region], str], Iterable[Region]] | None = None,
@@ -87,7 +67,7 @@ def fuse_onnx(
     source = open_onnx(source_path)
     check_destination(out, force, [source_path, *source.model.data_files])
     graph = source.graph
-    input_size = fixed_size(graph) or input_size
+    size = input_size_of(graph, input_size, printable(source.path))  # the manifest, the ONNX checks and verify use it
     timings["read"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -108,7 +88,7 @@ def fuse_onnx(
         source=SourceRecord(str(source.path.resolve()), source.sha256, ONNX_SOURCE, source.kind),
         inputs=tuple(InputRecord(name, tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
                      for name in graph.inputs if name in graph.tensors),
-        input_size=input_size,
+        input_hw=size,
         formats=(),
         fused=tuple(fused_table),
         declined=tuple(declined_table),
@@ -126,4 +106,4 @@ def fuse_onnx(
             raise ConvertError(f"cannot write {printable(out)}: {err.strerror or err}") from None
         files = sorted(p.name for p in stage.iterdir())
     timings["write"] = time.perf_counter() - start
-    return OnnxFuseResult(out, source, manifest, fused, declined, warnings, files, timings)
+    return OnnxFuseResult(out, source, manifest, fused, declined, warnings, files, timings)  # type: ignore[arg-type]

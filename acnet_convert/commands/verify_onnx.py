@@ -20,13 +20,17 @@ import numpy as np
 
 from acnet_convert.commands.verify import ONNX, TRAIN, _check_options, _feed, _Log, image_shape
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.regular_file import not_a_file
+from acnet_convert.common.sizes import SizeLike, size_text
 from acnet_convert.common.text import printable
 from acnet_convert.out.artifacts import Artifacts, Manifest
 from acnet_convert.read.onnx.model import OnnxModel, load_onnx
 from acnet_convert.verify.device import Device, resolve_device
-from acnet_convert.verify.feeds import ImageFeed, Track
+from acnet_convert.verify.feeds import Chained, ImageFeed, MemoryFeed, RandomBatches, Track
+from acnet_convert.verify.onnx_per_layer import compare_groups
 from acnet_convert.verify.report import SourceInfo, VerifyReport
 from acnet_convert.verify.runners import Runner, onnx_session, release_memory
+from acnet_convert.verify.sizes import accepted, second_sizes, takes_any_size
 from acnet_convert.verify.verdict import PairStats, noise_floor, widened_rtol
 
 
@@ -53,16 +57,23 @@ def open_onnx_source(manifest: Manifest, artifacts: Artifacts, override: Path | 
     return model, SourceInfo(str(path), recorded.kind, model.sha256, checked)
 
 
-def _noise_floor(path: Path, target: Device, batch: np.ndarray) -> float:
-    """The source's own float32 noise on `batch`: as written vs under ONNX Runtime's optimisations."""
-    outputs = []
-    for as_written in (True, False):
-        runner = onnx_session(path, target, name="train", as_written=as_written)
-        try:
-            outputs.append(runner(batch))
-        finally:
-            runner.close()
-    return noise_floor(outputs[0], outputs[1])
+def _source_as_written(path: Path, target: Device, batch: np.ndarray, candidates: Sequence[tuple[int, int]],
+                       seed: int, allow_nonfinite: bool) -> tuple[float, tuple[int, int] | None, list[str]]:
+    """The source's own float32 noise on `batch`: as written vs under ONNX Runtime's
+    optimisations (which fold each BatchNormalization into its Conv); and the first of
+    `candidates` it runs at (`verify.sizes`: a model of any size is verified at a second one)."""
+    written = onnx_session(path, target, name=TRAIN, as_written=True)
+    try:
+        a = written(batch)
+        second, refused = accepted(written, candidates, batch.shape[1], seed) if candidates else (None, [])
+    finally:
+        written.close()
+    optimised = onnx_session(path, target, name="train-optimised")
+    try:
+        b = optimised(batch)
+    finally:
+        optimised.close()
+    return noise_floor(a, b, allow_nonfinite), second, refused
 
 
 def verify_onnx(
@@ -80,32 +91,36 @@ def verify_onnx(
     images: Path | None = None,
     labels: Path | None = None,
     resize_short: int | None = None,
-    crop: int | None = None,
+    crop: SizeLike | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     device: str = "auto",
     per_layer: bool = False,
+    second_size: bool = True,
+    allow_nonfinite: bool = False,
     note: Callable[[str], None] = lambda _text: None,
     track: Track | None = None,
 ) -> VerifyReport:
     """Compare the source ONNX model with the fused one in `out_dir` (see the module docstring).
-    Raises ConvertError for bad input; a mismatch is a report with `ok == False`."""
+    Random inputs for a model of any size are fed at a second size too unless `second_size`
+    is False. Raises ConvertError for bad input; a mismatch is a report with `ok == False`."""
     _check_options(atol, rtol, batch_size, batches, inputs, images, labels, ckpt, source)
     artifacts = Artifacts(out_dir)
     manifest = artifacts.read_manifest()
     artifacts.check_complete(manifest)
     log = _Log(note)
     fused_path = Path(onnx) if onnx is not None else artifacts.onnx
-    if not fused_path.is_file():
-        raise ConvertError(f"--onnx {printable(fused_path)} does not exist")
+    why = not_a_file(fused_path)
+    if why:
+        raise ConvertError(f"--onnx {printable(fused_path)} {why}")
+    overrides = {"resize_short": resize_short, "crop": crop, "mean": mean, "std": std}
+    feed = _feed(artifacts, manifest, image_shape(manifest), inputs, images, labels, overrides, batch_size, batches,
+                 seed, log.say)  # the user's inputs first: their errors come before any note or heavy work
     target = resolve_device(device, onnx=True)
     for text in target.notes:
         log.say(text)
-    overrides = {"resize_short": resize_short, "crop": crop, "mean": mean, "std": std}
-    feed = _feed(artifacts, manifest, image_shape(manifest), inputs, images, labels, overrides, batch_size, batches,
-                 seed, log.say)  # the user's inputs first: their errors come before any heavy work
     if isinstance(feed, ImageFeed):
-        shape = (3, feed.preprocess.crop, feed.preprocess.crop)
+        shape = (3, *feed.preprocess.crop)
     else:
         shape = tuple(feed.first().shape[1:]) if feed.kind == "npy" else image_shape(manifest)
     with log.timed("source"):
@@ -114,9 +129,7 @@ def verify_onnx(
     layers = None
     if per_layer:
         if first is None:
-            raise ConvertError("--per-layer: the first batch of images could not be read")
-        from acnet_convert.verify.onnx_per_layer import compare_groups
-
+            raise ConvertError("--per-layer: no image could be read")
         # a conv that is part of a sum (the rest left as adds) writes no tensor of the source:
         # the outputs check it, with its sum
         rows = [row for row in manifest.fused if not row.get("partial")]
@@ -131,28 +144,35 @@ def verify_onnx(
     release_memory()
     source_path = Path(info.path)
     noise, judged = None, rtol
+    candidates = second_sizes(shape[1:]) if second_size and takes_any_size(manifest) and feed.kind == "random" else []
     if first is not None:
         with log.timed("noise floor"):
-            noise = _noise_floor(source_path, target, first)
+            noise, second, refused = _source_as_written(source_path, target, first, candidates, seed, allow_nonfinite)
         judged = widened_rtol(rtol, noise)
         if judged > rtol:
-            log.say(f"float32 noise floor: the source model as written and under ONNX Runtime's optimisations differ "
-                    f"by {noise:.1e} of each image's largest |output|; the pair is judged with rtol {judged:.2g}")
+            log.say(f"float32 noise floor {noise:.1e} of the largest |output|: rtol widened to {judged:.2g}")
+        if candidates and second is None:
+            log.say(f"the source model runs at no size but {size_text(shape[1:])} ({'; '.join(refused)}): "
+                    "verified there only")
+        elif second is not None:
+            feed = MemoryFeed("random", Chained(feed.batches, RandomBatches(batch_size, 1, (shape[0], *second),
+                                                                            seed + 1)))
     factories: list[Callable[[], Runner]] = [
-        lambda: onnx_session(source_path, target, shape, name=TRAIN, as_written=True),
-        lambda: onnx_session(fused_path, target, shape),
+        lambda: onnx_session(source_path, target, name=TRAIN, as_written=True),
+        lambda: onnx_session(fused_path, target),
     ]
 
     def stats_of(fp16: dict[str, bool]) -> list[PairStats]:
-        return [PairStats(TRAIN, ONNX, atol, judged, fp16=fp16.get(TRAIN, False) or fp16.get(ONNX, False))]
+        return [PairStats(TRAIN, ONNX, atol, judged, fp16=fp16.get(TRAIN, False) or fp16.get(ONNX, False),
+                          allow_nonfinite=allow_nonfinite)]
 
     result = feed.run(factories, stats_of, track, log.say, release_memory)
     log.timings.update(result.timings)
     return VerifyReport(
-        device=target.name, arch=None, num_classes=None, input_size=shape[1], images=result.images, inputs=feed.kind,
-        atol=atol, rtol=rtol, source=info, graphs=[(name, str(path)) for name, path in result.paths.items()],
+        device=target.name, arch=None, num_classes=None, sizes=[(h, w, n) for (h, w), n in result.sizes.items()],
+        images=result.images, inputs=feed.kind, atol=atol, rtol=rtol, source=info,
+        graphs=[(name, str(path)) for name, path in result.paths.items()],
         pairs=[s.result() for s in result.stats], mismatched_tensors=None, layers=layers,
         per_layer_images=0 if layers is None else len(first), image_set=result.image_set,
         onnx_providers=result.providers, notes=log.notes, timings=log.timings, noise_floor=noise,
     )
-
