@@ -42,7 +42,7 @@ def test_fuse_writes_the_fused_model_and_its_manifest_without_paddle(repvgg, tmp
                                       f"fused model: {out / 'model.onnx'} (wrote manifest.json, model.onnx)"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["format"] == "onnx" and manifest["formats"] == []
-    assert [r["kind"] for r in manifest["fused"]] == ["sum"] * 5 and manifest["input_size"] == 32
+    assert [r["kind"] for r in manifest["fused"]] == ["sum"] * 5 and manifest["input_size"] == [32, 32]
     code = ("import sys; from acnet_convert.commands.fuse_onnx import fuse_onnx; "
             f"fuse_onnx({str(source)!r}, {str(tmp_path / 'o')!r}); print('paddle' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

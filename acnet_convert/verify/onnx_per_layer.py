@@ -5,10 +5,11 @@ For each row of the manifest's fusion table the source model already computes th
 input and output tensors (they keep their ONNX names). The fused conv (the weight and bias
 read from the fused model.onnx, with the geometry of the Conv there that reads them, which must
 be the row's) is appended to the source graph reading that very input, and so is the
-comparison: per sample, the largest |fused - source| and the largest |source|. One run, with
-ONNX Runtime's graph optimisations off (the source as written), fetches only those two numbers
-per sample and group: memory stays that of one forward pass, and every group sees exactly the
-input the source gave it. The rule is the report's (see verdict).
+comparison: per sample, the largest |fused - source|, the largest |source| and the source's
+largest and smallest value (its spread). One run, with ONNX Runtime's graph optimisations off
+(the source as written), fetches only those four numbers per sample and group: memory stays
+that of one forward pass, and every group sees exactly the input the source gave it. The rule
+is the report's (see verdict).
 """
 from __future__ import annotations
 
@@ -70,17 +71,20 @@ def _why_not(row: Mapping[str, Any], weights: Mapping[str, np.ndarray], convs: M
     return None if not diff else f"the fused Conv's {diff[0]} is {found[diff[0]]}, the manifest says {want[diff[0]]}"
 
 
-def _reduce_max(helper: Any, nodes: list, inits: list, x: str, out: str, opset: int) -> None:
-    """out[i] = max |x[i, ...]| over everything but the batch axis (ReduceMax's axes became an
-    input in opset 18)."""
-    nodes.append(helper.make_node("Abs", [x], [f"{out}.abs"]))
-    nodes.append(helper.make_node("Flatten", [f"{out}.abs"], [f"{out}.flat"], axis=1))
+def _per_sample(helper: Any, nodes: list, inits: list, x: str, out: str, opset: int, reduce: str = "ReduceMax",
+                absolute: bool = False) -> None:
+    """out[i] = the max (or min) of x[i, ...] (of |x[i, ...]| when `absolute`) over everything but
+    the batch axis (ReduceMax's axes became an input in opset 18)."""
+    if absolute:
+        nodes.append(helper.make_node("Abs", [x], [f"{out}.abs"]))
+        x = f"{out}.abs"
+    nodes.append(helper.make_node("Flatten", [x], [f"{out}.flat"], axis=1))
     if opset >= 18:
         axes = f"{out}.axes"
         inits.append(helper.make_tensor(axes, 7, [1], [1]))
-        nodes.append(helper.make_node("ReduceMax", [f"{out}.flat", axes], [out], keepdims=0))
+        nodes.append(helper.make_node(reduce, [f"{out}.flat", axes], [out], keepdims=0))
     else:
-        nodes.append(helper.make_node("ReduceMax", [f"{out}.flat"], [out], axes=[1], keepdims=0))
+        nodes.append(helper.make_node(reduce, [f"{out}.flat"], [out], axes=[1], keepdims=0))
 
 
 def compare_groups(source: Any, fused: Any, rows: Sequence[Mapping[str, Any]], batch: np.ndarray, device: Device,
@@ -98,7 +102,7 @@ def compare_groups(source: Any, fused: Any, rows: Sequence[Mapping[str, Any]], b
     results: dict[int, LayerResult] = {}
     nodes: list = []
     inits: list = []
-    fetched: list[tuple[int, str, str]] = []
+    fetched: list[tuple[int, list[str]]] = []
     for i, row in enumerate(rows):
         name = str(row.get("name", row["output"]))
         why = _why_not(row, weights, convs, tensors)
@@ -114,14 +118,17 @@ def compare_groups(source: Any, fused: Any, rows: Sequence[Mapping[str, Any]], b
                                       pads=[top, left, bottom, right], dilations=list(row["dilation"]),
                                       group=int(row["groups"])))
         nodes.append(helper.make_node("Sub", [z, row["output"]], [d]))
-        _reduce_max(helper, nodes, inits, d, f"{_PREFIX}.{i}.diff", opset)
-        _reduce_max(helper, nodes, inits, row["output"], f"{_PREFIX}.{i}.scale", opset)
-        fetched.append((i, f"{_PREFIX}.{i}.diff", f"{_PREFIX}.{i}.scale"))
+        names = [f"{_PREFIX}.{i}.{what}" for what in ("diff", "scale", "max", "min")]
+        _per_sample(helper, nodes, inits, d, names[0], opset, absolute=True)
+        _per_sample(helper, nodes, inits, row["output"], names[1], opset, absolute=True)
+        _per_sample(helper, nodes, inits, row["output"], names[2], opset)
+        _per_sample(helper, nodes, inits, row["output"], names[3], opset, reduce="ReduceMin")
+        fetched.append((i, names))
     if fetched:
         g.node.extend(nodes)
         g.initializer.extend(inits)
         del g.output[:]
-        g.output.extend(helper.make_empty_tensor_value_info(t) for _, diff, scale in fetched for t in (diff, scale))
+        g.output.extend(helper.make_empty_tensor_value_info(t) for _, names in fetched for t in names)
         options = ort.SessionOptions()
         options.log_severity_level = 4  # a failing node is the ConvertError below, not ORT's log
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -133,9 +140,9 @@ def compare_groups(source: Any, fused: Any, rows: Sequence[Mapping[str, Any]], b
             out = [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
         except Exception as err:  # noqa: BLE001 - ORT raises its own types
             raise ConvertError(f"--per-layer: ONNX Runtime could not run the source model with the checks: {one_line(err)}") from None
-        for k, (i, _diff, _scale) in enumerate(fetched):
-            diff, scale = np.asarray(out[2 * k], np.float64), np.asarray(out[2 * k + 1], np.float64)
-            ratio = tolerance_ratio(diff, scale, atol, rtol)
+        for k, (i, _names) in enumerate(fetched):
+            diff, scale, high, low = (np.asarray(out[4 * k + j], np.float64) for j in range(4))
+            ratio = tolerance_ratio(diff, scale, (high - low) / 2, atol, rtol)
             worst = float(np.where(np.isnan(diff), np.inf, diff).max())
             row = rows[i]
             results[i] = LayerResult(str(row.get("name", row["output"])), row["output"], worst, float(scale.max()),
