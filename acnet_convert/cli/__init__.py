@@ -18,7 +18,7 @@ from acnet_convert.common import quiet, signals
 from acnet_convert.common.sizes import size_text
 from acnet_convert.common.text import printable
 from acnet_convert.out import destination, staging
-from acnet_convert.out.artifacts import ONNX_MODEL, Artifacts
+from acnet_convert.out.artifacts import ONNX_MODEL, ONNX_SOURCE, Artifacts
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,12 +70,17 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
     SOURCE is a train-form Paddle inference model of any CNN (PREFIX.json or PREFIX.pdmodel
     with PREFIX.pdiparams, from paddle.jit.save or save_inference_model; the folder or the
     prefix), or a ResNet-ACNet checkpoint: a folder of per-variable files
-    (fluid.io.save_persistables) or a .pdparams file (paddle.save, paddle.static.save).
+    (fluid.io.save_persistables) or a .pdparams file (paddle.save, paddle.static.save), or
+    a train-form MODEL.onnx from any framework (torch.onnx.export of the model in eval mode).
     Every sum of conv+BN / BN branches over one tensor (ACNet, RepVGG, ...) becomes one conv
     with a bias, and every other conv+BN pair one conv. OUT receives inference.json +
-    inference.pdiparams, deploy.pdparams and manifest.json, written atomically.
+    inference.pdiparams, deploy.pdparams and manifest.json, written atomically; for an ONNX
+    source, model.onnx (the source with its regions folded, every other node as it was) and
+    manifest.json.
     """
     options["onnx"] = options.pop("with_onnx")
+    if source.suffix.lower() == ".onnx":
+        return _fuse_onnx(ui, source, options)
     if options.get("static_size") and not options["onnx"]:
         raise click.UsageError("--static-size shapes the ONNX model: use it with --onnx")
     from acnet_convert.commands.fuse import fuse as run_fuse
@@ -86,6 +91,24 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
     ui.result(result.summary())
     program = Artifacts(result.out_dir).program(result.manifest.formats[0])
     ui.result(f"deploy model: {printable(program)} (wrote {', '.join(result.files)})")
+
+
+def _fuse_onnx(ui: Output, source: Path, options: dict[str, Any]) -> None:
+    """fuse MODEL.onnx OUT: the fused ONNX model only (no Paddle model, no Paddle)."""
+    paddle_only = {"arch": "auto", "num_classes": None, "paddle_format": "auto", "reference_layout": False,
+                   "static_size": False}
+    for key, default in paddle_only.items():
+        if options[key] != default:
+            raise click.UsageError(f"--{key.replace('_', '-')} does not apply to an ONNX source: fuse writes the "
+                                   "source model with its regions folded, dimensions as they were")
+    from acnet_convert.commands.fuse_onnx import fuse_onnx
+
+    result = fuse_onnx(source, options["out"], input_size=options["input_size"], force=options["force"],
+                       allow_nonfinite=options["allow_nonfinite"], track=ui.progress, note=ui.note)
+    for warning in result.warnings:
+        ui.note(f"warning: {printable(warning, 400)}")
+    ui.result(result.summary())
+    ui.result(f"fused model: {printable(Artifacts(result.out_dir).onnx)} (wrote {', '.join(result.files)})")
 
 
 @cli.command()
@@ -105,6 +128,9 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
 def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **options: Any) -> None:
     """Write an ONNX model of the deploy model in OUT (made by `fuse`)."""
     manifest = Artifacts(out_dir).read_manifest()
+    if manifest.source.format == ONNX_SOURCE:
+        raise click.UsageError(f"{printable(out_dir)} was fused from an ONNX model: its fused model is "
+                               f"{printable(Artifacts(out_dir).onnx)} already")
     target = out_dir / ONNX_MODEL if output is None else output
     destination.check_file_destination(target, force, [*fuse_output_files(out_dir), *source_files(manifest)],
                                    what="-o" if output is not None else "output")
@@ -167,7 +193,10 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
         read = [options[k] for k in ("source", "ckpt", "onnx", "inputs", "labels")] + source_files(manifest)
         destination.check_file_destination(json_path, False, read, what="--json",
                                        replaceable=destination.verify_report, force_flag=None)
-    from acnet_convert.commands.verify import verify as run_verify
+    if manifest.source.format == ONNX_SOURCE:
+        from acnet_convert.commands.verify_onnx import verify_onnx as run_verify
+    else:
+        from acnet_convert.commands.verify import verify as run_verify
 
     report = run_verify(out_dir, note=ui.note, track=ui.progress, **options)
     if json_path is not None:

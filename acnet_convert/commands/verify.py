@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from acnet_convert.out.artifacts import Artifacts, Manifest
+from acnet_convert.out.artifacts import ONNX_SOURCE, Artifacts, Manifest
 from acnet_convert.out.deploy_config import Preprocess, default_preprocess, read_inference_config
 from acnet_convert.verify.device import resolve_device
 from acnet_convert.common.errors import ConvertError, UsageError
@@ -225,6 +225,8 @@ def verify(
     _check_options(atol, rtol, batch_size, batches, inputs, images, labels, ckpt, source)
     artifacts = Artifacts(out_dir)
     manifest = artifacts.read_manifest()
+    if manifest.source.format == ONNX_SOURCE:
+        raise ConvertError(f"{printable(out_dir)} was fused from an ONNX model: commands.verify_onnx verifies it")
     artifacts.check_complete(manifest)
     log = _Log(note)
     onnx_path = Path(onnx) if onnx is not None else (artifacts.onnx if artifacts.onnx.is_file() else None)

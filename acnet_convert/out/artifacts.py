@@ -7,6 +7,8 @@
       deploy.pdparams                        fused weights, name -> ndarray      this module
       manifest.json                          what was converted, from what, how  this module
       model.onnx                             with --onnx / export-onnx            onnx_writer
+                                             (an ONNX source: the fused model)   onnx edit
+      model.onnx.data                        its external data, when the source had some
       persistables/                          --reference-layout                   reference_layout
 
 Writers write through `Artifacts`' paths; readers read through it.
@@ -32,6 +34,8 @@ MANIFEST_VERSION = 2
 MANIFEST = "manifest.json"
 DEPLOY_WEIGHTS = "deploy.pdparams"
 ONNX_MODEL = "model.onnx"
+ONNX_DATA = "model.onnx.data"
+ONNX_SOURCE = "onnx"  # SourceRecord.format of a train-form ONNX source (OUT holds no Paddle model)
 MODEL_PREFIX = "inference"
 INFERENCE_CONFIG = "inference.yml"
 PERSISTABLES = "persistables"
@@ -44,7 +48,7 @@ _MAX_INPUT_SIZE = 8192
 class SourceRecord:
     path: str
     sha256: str
-    format: str  # "per-variable" | "pdparams" | "pir" | "legacy"
+    format: str  # "per-variable" | "pdparams" | "pir" | "legacy" | "onnx"
     kind: str  # "checkpoint" | "program"
 
 
@@ -62,7 +66,7 @@ class Manifest:
     source: SourceRecord
     inputs: tuple[InputRecord, ...]
     input_hw: tuple[int, int]  # (H, W) verify and ONNX use where the model's are dynamic
-    formats: tuple[str, ...]  # Paddle formats written: "pir", "legacy"
+    formats: tuple[str, ...]  # Paddle formats written: "pir", "legacy"; none for an ONNX source
     arch: str | None = None  # the ResNet-ACNet family member, for checkpoint sources
     num_classes: int | None = None
     ignored_variables: int = 0
@@ -126,7 +130,8 @@ class Manifest:
                 raise bad("inputs.shape", "must be a list of at most 8 integers >= -1")
             inputs.append(InputRecord(string(item, "name"), tuple(shape), string(item, "dtype")))
         formats = data.get("formats")
-        if not isinstance(formats, list) or not formats or any(f not in PROGRAM_SUFFIXES for f in formats):
+        if (not isinstance(formats, list) or (not formats and record.format != ONNX_SOURCE)
+                or any(f not in PROGRAM_SUFFIXES for f in formats)):
             raise bad("formats", f"must list Paddle formats among {sorted(PROGRAM_SUFFIXES)}")
         rows = {}
         for key in ("fused", "declined"):
@@ -201,6 +206,10 @@ class Artifacts:
         return self.root / ONNX_MODEL
 
     @property
+    def onnx_data(self) -> Path:
+        return self.root / ONNX_DATA
+
+    @property
     def inference_config(self) -> Path:
         return self.root / INFERENCE_CONFIG
 
@@ -225,6 +234,8 @@ class Artifacts:
 
     def missing(self, manifest: Manifest) -> list[Path]:
         """Files fuse wrote for this manifest that are not there."""
+        if manifest.source.format == ONNX_SOURCE:
+            return [p for p in [self.onnx] if not p.is_file()]
         expected = [self.deploy_weights, self.params] + [self.program(fmt) for fmt in manifest.formats]
         return [p for p in expected if not p.is_file()]
 

@@ -20,13 +20,14 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from acnet_convert.verify.device import Device
 from acnet_convert.common.errors import ConvertError
-from acnet_convert.common.quiet import import_paddle, silenced
+from acnet_convert.common.quiet import import_paddle, is_verbose, silenced
+from acnet_convert.common.protobuf_fields import fields
 from acnet_convert.common.text import one_line, printable
 
 MAX_THREADS = 8
@@ -275,36 +276,6 @@ def release_memory() -> None:
         pass
 
 
-def _varint(data: Any, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(data: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, value or payload start, payload end) of a protobuf message."""
-    i = start
-    while i < end:
-        key, i = _varint(data, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(data, i)
-            yield number, wire, value, i
-        elif wire == 2:
-            size, i = _varint(data, i)
-            yield number, wire, i, i + size
-            i += size
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"protobuf wire type {wire}")
-
-
 def _onnx_fp16(path: Path) -> bool:
     """Whether the model computes in float16: any float16 initializer. Read from the file's
     protobuf fields in place (ModelProto.graph = 7, GraphProto.initializer = 5,
@@ -315,13 +286,13 @@ def _onnx_fp16(path: Path) -> bool:
     fp16 = 10  # onnx.TensorProto.FLOAT16
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for number, wire, start, end in _fields(data, 0, len(data)):
+            for number, wire, start, end in fields(data, 0, len(data)):
                 if number != 7 or wire != 2:
                     continue
-                for field_number, field_wire, t_start, t_end in _fields(data, start, end):
+                for field_number, field_wire, t_start, t_end in fields(data, start, end):
                     if field_number != 5 or field_wire != 2:
                         continue
-                    for n, w, value, _ in _fields(data, t_start, t_end):
+                    for n, w, value, _ in fields(data, t_start, t_end):
                         if n == 2 and w == 0:
                             if value == fp16:
                                 return True
@@ -331,10 +302,13 @@ def _onnx_fp16(path: Path) -> bool:
     return False
 
 
-def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str = "onnx") -> Runner:
+def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str = "onnx",
+                 as_written: bool = False) -> Runner:
     """`path` under ONNX Runtime with the providers `device` chose. `image_shape` (C, H, W), or a
     list of them, is what verify will feed: a model whose fixed input size takes none of them is
-    refused; batches of another size are then not given to it (`Runner.accepts`)."""
+    refused; batches of another size are then not given to it (`Runner.accepts`). `as_written`:
+    ONNX Runtime's graph optimisations off (no BatchNorm folded into a Conv): every node computed
+    as the model says."""
     path = Path(path)
     if not path.is_file():
         raise ConvertError(f"--onnx {printable(path)} does not exist")
@@ -342,10 +316,13 @@ def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str 
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        # a node that fails at run time is our one line (the error's own message), not ORT's log
+        options.log_severity_level = 3 if is_verbose() else 4
         options.intra_op_num_threads = cpu_threads()
         # Paddle runs between ORT's batches: ORT's spinning threads would steal its cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if as_written:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=list(device.ort_providers))
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
@@ -373,7 +350,11 @@ def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str 
     state = {"session": session}
 
     def once(batch: np.ndarray) -> list[np.ndarray]:
-        out = state["session"].run(outputs, {image.name: batch.astype(dtype, copy=False)})
+        try:
+            out = state["session"].run(outputs, {image.name: batch.astype(dtype, copy=False)})
+        except Exception as err:  # noqa: BLE001 - ORT raises its own types
+            raise ConvertError(f"ONNX Runtime cannot run {printable(path)} on {list(batch.shape)} inputs: "
+                               f"{one_line(err)}") from None
         return [np.asarray(o, np.float32) for o in out]
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
