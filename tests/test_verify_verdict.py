@@ -354,23 +354,25 @@ def test_untrained_resnet50_with_huge_logits_passes(tmp_path) -> None:
     _assert_passes(report)  # measured: 0.23 of the tolerance, per layer 0.31
 
 
-@pytest.mark.parametrize("depth,calibrate", [(101, True), (152, False)], ids=["resnet101-calibrated", "resnet152-untrained"])
-def test_deep_resnets_at_224_pass(tmp_path, depth: int, calibrate: bool) -> None:
-    """Untrained ResNet-152 passes at the defaults (0.12..0.18 of the tolerance). The calibrated
-    ResNet-101 is ill-conditioned in float32: its own dygraph model differs from its float64
-    twin by 6e-5..8e-5 of the largest logit (~5), beyond rtol 1e-5, and Paddle and ONNX Runtime
-    running the same fused weights differ as much. Its measured noise floor widens the rtol, so
-    it passes at the defaults too, and the report says by how much the tolerance was widened."""
+def test_a_deep_ill_conditioned_resnet_passes(tmp_path) -> None:
+    """The calibrated ResNet-101 is ill-conditioned in float32: its own dygraph model differs
+    from its float64 twin by 6e-5..8e-5 of the largest logit (~5), beyond rtol 1e-5, and Paddle
+    and ONNX Runtime running the same fused weights differ as much. Its measured noise floor
+    widens the rtol, so it passes at the defaults, and the report says by how much the tolerance
+    was widened. Depth makes the noise, not the input size: at 128 it is 0.23..0.26 of the
+    tolerance as at 224 (an untrained ResNet-152 measured 0.07..0.18 at 96..224; the untrained
+    ResNet-50 above stands for untrained nets)."""
     from acnet_convert.commands.fuse import fuse
 
-    fuse(_dygraph_checkpoint(depth, tmp_path / "ckpt", calibrate), tmp_path / "out", input_size=224, onnx=True,
-         paddle_format="pir")
-    report = verify(tmp_path / "out", batch_size=2, batches=1, second_size=False)  # conditioning, not sizes
-    assert report.images == 2 and report.sizes == [(224, 224, 2)] and len(report.pairs) == 3
+    try:
+        fuse(_dygraph_checkpoint(101, tmp_path / "ckpt", True, size=128), tmp_path / "out", input_size=128,
+             onnx=True, paddle_format="pir")
+        report = verify(tmp_path / "out", batch_size=2, batches=1, second_size=False)  # conditioning, not sizes
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)  # 1.3 GB of checkpoint and models
+    assert report.images == 2 and report.sizes == [(128, 128, 2)] and len(report.pairs) == 3
     assert report.noise_floor is not None and report.noise_floor < 1e-3
-    if calibrate:
-        assert any("noise floor" in note for note in report.notes), report.notes
-    print(depth, calibrate, report.noise_floor, [(p.a, p.b, p.rtol, p.tolerance_ratio) for p in report.pairs])
+    assert any("noise floor" in note for note in report.notes), report.notes
     _assert_passes(report)
 
 
