@@ -141,7 +141,7 @@ def _rows(graphs: dict[str, Graph], what: str, times: dict[str, list[float]], ti
     if any(k.startswith(YARDSTICK) for k in times):
         y, y_off = _slopes(graphs, times, times_off, lambda k: f"{YARDSTICK} {k}")
         rows.insert(1, Row(part, f"{what}: slope above a linear pass timed in the same rounds (`Graph.consumers()` on the "
-                           f"same chains: slope {y:.2f}, GC off {y_off:.2f})", f"{b:.2f} vs {y:.2f}",
+                           f"same chains: slope {y:.2f}, GC off {y_off:.2f})", f"{b_off:.2f} vs {y_off:.2f} (GC off)",
                            f"excess with GC off {b_off - y_off:+.2f} (GC on: {b - y:+.2f}, the yardstick's GC share is erratic)",
                            f"excess (GC off) <= {TARGET_EXCESS}", b_off - y_off <= TARGET_EXCESS))
     return rows
