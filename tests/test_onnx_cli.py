@@ -116,7 +116,7 @@ def test_a_changed_source_is_named_and_another_can_be_given(repvgg, tmp_path):
 
 
 @pytest.mark.parametrize("flag", [["--arch", "resnet18"], ["--reference-layout"], ["--paddle-format", "pir"],
-                                  ["--dynamic-size"]])
+                                  ["--static-size"]])
 def test_paddle_only_options_are_usage_errors(repvgg, tmp_path, flag):
     source, _out, _ = repvgg
     code, text = invoke("fuse", source, tmp_path / "o", *flag)

@@ -1,4 +1,4 @@
-"""What every evaluator shares: the error, a registry per module, and reading operands (sizes,
+"""What every evaluator shares: the error and reading operands (sizes,
 scalars, dtypes; floats always as float64)."""
 from __future__ import annotations
 
@@ -13,21 +13,6 @@ Evaluator = Callable[[Node, list[Any]], Any]  # (node, operand values) -> value 
 
 class Unevaluable(Exception):
     """An op this package cannot run (its reason names the op)."""
-
-
-def registry() -> tuple[dict[str, Evaluator], Callable[..., Callable[[Evaluator], Evaluator]]]:
-    """A table of evaluators and the decorator that fills it: `@evaluates("op", ...)`."""
-    table: dict[str, Evaluator] = {}
-
-    def evaluates(*ops: str) -> Callable[[Evaluator], Evaluator]:
-        def register(fn: Evaluator) -> Evaluator:
-            for op in ops:
-                table[op] = fn
-            return fn
-
-        return register
-
-    return table, evaluates
 
 
 def as_float(x: Any) -> np.ndarray:

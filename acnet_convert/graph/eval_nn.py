@@ -7,7 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from acnet_convert.fold import numeric
-from acnet_convert.graph.eval_base import Unevaluable, as_float, ints, pair, registry, scalar
+from acnet_convert.common.registry import registry
+from acnet_convert.graph.eval_base import Unevaluable, as_float, ints, pair, scalar
 from acnet_convert.graph.ir import Node
 
 TABLE, evaluates = registry()

@@ -6,7 +6,8 @@ from typing import Any
 import numpy as np
 
 from acnet_convert.fold import numeric
-from acnet_convert.graph.eval_base import Unevaluable, as_float, dtype_of, ints, keep_float, registry, scalar
+from acnet_convert.common.registry import registry
+from acnet_convert.graph.eval_base import Unevaluable, as_float, dtype_of, ints, keep_float, scalar
 from acnet_convert.graph.ir import Node
 
 TABLE, evaluates = registry()

@@ -16,11 +16,13 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
+from acnet_convert.common.registry import registry
 from acnet_convert.graph.ir import Input
 
 Translation = tuple[str, tuple[Input, ...], dict[str, Any]]
 Handler = Callable[[Sequence[Optional[str]], dict[str, Any], Sequence[str], "Context"], Optional[Translation]]
-HANDLERS: dict[str, Handler] = {}
+HANDLERS: dict[str, Handler]
+HANDLERS, handles = registry()
 # onnx.TensorProto data types -> numpy's names (what TensorInfo.dtype and `cast` say)
 DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
           10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
@@ -38,13 +40,6 @@ class Context(Protocol):
     def shape(self, name: Optional[str]) -> tuple[int, ...] | None: ...
 
 
-def handles(*op_types: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        for op in op_types:
-            HANDLERS[op] = fn
-        return fn
-
-    return register
 
 
 def _ints(value: Any) -> list[int]:

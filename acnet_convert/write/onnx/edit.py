@@ -22,21 +22,14 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.registry import registry
 from acnet_convert.common.text import one_line, printable
 from acnet_convert.graph.ir import Graph, Node, unique_name
 from acnet_convert.read.onnx.model import OnnxModel, check_structure
 
 NewNode = Callable[[Node, str], Any]  # (deploy node, a free node name) -> NodeProto
-_NEW: dict[str, NewNode] = {}
-
-
-def makes(*ops: str) -> Callable[[NewNode], NewNode]:
-    def register(fn: NewNode) -> NewNode:
-        for op in ops:
-            _NEW[op] = fn
-        return fn
-
-    return register
+_NEW: dict[str, NewNode]
+_NEW, makes = registry()
 
 
 @makes("conv2d")
