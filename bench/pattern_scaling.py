@@ -13,13 +13,19 @@ log-log slope of time vs nodes ~1. `fold_graph` includes the collapse of every r
 proof, so its time per node is dominated by per-region numpy work.
 The timing runs twice: with Python's cyclic GC on (what `fuse` gets; its full collections walk
 every live object, the graph's too, so they add a mild super-linear term on huge graphs) and
-with it off (the algorithm alone). No Paddle in this process.
+with it off (the algorithm alone). A yardstick is timed in the same rounds: `Graph.consumers()`,
+one pass over the nodes filling a dict of lists, linear by construction. Its slope is what the
+machine's caches and GC make of any linear pass over these graphs (on the shared 2-core
+machine: 1.3 with GC off; 1.5-1.7 with it on, erratic, as a pass of a few ms catches a full
+collection or not), and the excess of a pass's slope over it, GC off, is the pass's own
+super-linearity. No Paddle in this process.
 """
 from __future__ import annotations
 
 import gc
 import sys
 import time
+from typing import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,6 +39,8 @@ from acnet_convert.graph.reparam import fold_graph
 
 CHAINS = (100, 200, 400, 800, 1600, 3200)
 TARGET_SLOPE = 1.2  # log-log slope of time vs node count (1 linear, 2 quadratic)
+TARGET_EXCESS = 0.1  # slope above the yardstick's, a linear pass timed in the same rounds
+YARDSTICK = "yardstick"
 CHANNELS, SIZE = 4, 8
 
 
@@ -101,17 +109,24 @@ def _check(key: str, graph: Graph) -> tuple[int, int, int]:
     return found
 
 
+def _slopes(graphs: dict[str, Graph], times: dict[str, list[float]], times_off: dict[str, list[float]],
+            key: Callable[[str], str] = lambda k: k) -> tuple[float, float]:
+    chains = [k for k in graphs if k.startswith("chain")]
+    nodes = [len(graphs[k].nodes) for k in chains]
+    return (slope(nodes, [median(times[key(k)]) for k in chains]),
+            slope(nodes, [median(times_off[key(k)]) for k in chains]))
+
+
 def _rows(graphs: dict[str, Graph], what: str, times: dict[str, list[float]], times_off: dict[str, list[float]],
           rounds: int) -> list[Row]:
     t = {k: median(v) for k, v in times.items()}
     per_node = {k: t[k] / len(graphs[k].nodes) for k in graphs}
     chains = [k for k in graphs if k.startswith("chain")]
     nodes = [len(graphs[k].nodes) for k in chains]
-    b = slope(nodes, [t[k] for k in chains])
-    b_off = slope(nodes, [median(times_off[k]) for k in chains])
+    b, b_off = _slopes(graphs, times, times_off)
     flat = per_node[chains[-1]] / per_node[chains[0]]
     part = "p regions"
-    return [
+    rows = [
         Row(part, f"{what} on synthetic residual ACB chains, {nodes[0]}..{nodes[-1]} nodes ({rounds} interleaved rounds, "
             "best of 3): time per node " + ", ".join(f"{len(graphs[k].nodes)} {per_node[k] * 1e6:.1f}" for k in chains) + " us",
             f"{t[chains[-1]] * 1000:.0f} ms for {nodes[-1]} nodes",
@@ -123,6 +138,13 @@ def _rows(graphs: dict[str, Graph], what: str, times: dict[str, list[float]], ti
             f"{t['ResNet-152'] * 1000:.1f} ms for ResNet-152",
             f"per node {per_node['ResNet-152'] / per_node['ResNet-50']:.2f}x ResNet-152/50", "info", None),
     ]
+    if any(k.startswith(YARDSTICK) for k in times):
+        y, y_off = _slopes(graphs, times, times_off, lambda k: f"{YARDSTICK} {k}")
+        rows.insert(1, Row(part, f"{what}: slope above a linear pass timed in the same rounds (`Graph.consumers()` on the "
+                           f"same chains: slope {y:.2f}, GC off {y_off:.2f})", f"{b_off:.2f} vs {y_off:.2f} (GC off)",
+                           f"excess with GC off {b_off - y_off:+.2f} (GC on: {b - y:+.2f}, the yardstick's GC share is erratic)",
+                           f"excess (GC off) <= {TARGET_EXCESS}", b_off - y_off <= TARGET_EXCESS))
+    return rows
 
 
 def run(quick: bool) -> tuple[list[Row], str]:
@@ -141,15 +163,17 @@ def run(quick: bool) -> tuple[list[Row], str]:
               "`fold_graph` (constants, regions, collapse, proofs)": fold_graph}
     for what, fn in passes.items():
         calls = {k: (lambda g=g, fn=fn: fn(g)) for k, g in graphs.items()}
+        if "find_regions" in what:  # the yardstick shares its rounds: the same load on both
+            calls |= {f"{YARDSTICK} {k}": g.consumers for k, g in graphs.items() if k.startswith("chain")}
         times = interleaved(calls, rounds, best_of=1 if "fold_graph" in what else 3)
         gc.disable()
         try:
-            times_off = interleaved({k: calls[k] for k in graphs if k.startswith("chain")}, max(2, rounds // 2))
+            times_off = interleaved({k: c for k, c in calls.items() if "chain" in k}, max(2, rounds // 2))
         finally:
             gc.enable()
         rows += _rows(graphs, what, times, times_off, rounds)
         details.append(f"{what}: " + "; ".join(f"{k} " + ", ".join(f"{v * 1000:.1f}" for v in times[k]) + " ms"
-                                             for k in graphs)
+                                             for k in times)
                        + "\n  GC off: " + "; ".join(f"{k} " + ", ".join(f"{v * 1000:.1f}" for v in times_off[k]) + " ms"
                                                     for k in times_off))
     details.insert(0, "graphs: " + "; ".join(f"{k} ({len(graphs[k].nodes)} nodes; {expected[k][0]} regions, "
