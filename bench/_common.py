@@ -117,14 +117,16 @@ def checkpoint_dir(depth: int = 50, classes: int = 1000) -> Path:
 
 
 def package_digest(names: tuple[str, ...] | None = None) -> str:
-    """A digest of the package's source (all of acnet_convert/*.py, or the named files): cached
-    outputs stamped with it are rebuilt when the code that made them changes."""
+    """A digest of the package's source (every acnet_convert/**/*.py, or the named files, relative
+    to acnet_convert/): cached outputs stamped with it are rebuilt when the code that made them
+    changes."""
     import hashlib
 
     digest = hashlib.sha256()
-    files = sorted((ROOT / "acnet_convert").glob("*.py")) if names is None else [ROOT / "acnet_convert" / n for n in names]
+    package = ROOT / "acnet_convert"
+    files = sorted(package.rglob("*.py")) if names is None else [package / n for n in names]
     for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -154,7 +156,7 @@ def train_export_dir(ckpt: Path) -> Path:
     child process so the caller does not load Paddle)."""
     out = CACHE / (ckpt.name + "_train_export")
     stamp = out / ".bench-stamp"
-    key = package_digest(("models.py", "nn.py", "plan.py", "checkpoint.py"))
+    key = package_digest(("nn/models.py", "nn/blocks.py", "nn/plan.py", "read/checkpoint.py"))
     if (out / "inference.json").is_file() and stamp.is_file() and stamp.read_text() == key \
             and stamp.stat().st_mtime >= (ckpt / ".complete").stat().st_mtime:
         return out
