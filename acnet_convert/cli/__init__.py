@@ -1,4 +1,7 @@
-"""The `acnet-convert` command line: thin click commands over the library functions."""
+"""The `acnet-convert` command line: thin click commands that check what is cheap to check (the
+destination, the option budgets, OUT's manifest), run the work in a supervised child
+(`supervise`, `worker`), commit what it wrote, and print its outcome. This process never imports
+Paddle, onnx or ONNX Runtime."""
 from __future__ import annotations
 
 import json
@@ -9,33 +12,69 @@ from typing import Any
 import click
 
 from acnet_convert.cli.endings import handled, say
-from acnet_convert.cli.options import (ARCH_CHOICES, BATCH_PIXELS, BATCH_SIZE, BATCHES, INPUT_SIZE, NUM_CLASSES, SEED,
-                                       TOLERANCE, TOTAL_PIXELS, check_verify_budget, fuse_output_files, source_files,
-                                       three_floats)
+from acnet_convert.cli.options import (ARCH_CHOICES, BATCH_SIZE, BATCHES, INPUT_SIZE, MEMORY_LIMIT, NUM_CLASSES, SEED,
+                                       TIME_LIMIT, TOLERANCE, fuse_output_files, source_files, three_floats)
 from acnet_convert.cli.output import Output
-from acnet_convert.cli.versions import print_version
-from acnet_convert.common import quiet, signals
+from acnet_convert.common import signals
+from acnet_convert.common.budgets import BATCH_PIXELS, TOTAL_PIXELS, check_verify_budget
 from acnet_convert.common.text import printable
 from acnet_convert.out import destination, staging
 from acnet_convert.out.artifacts import ONNX_MODEL, Artifacts
+from acnet_convert.supervise.child import run as supervised
+from acnet_convert.supervise.limits import DEFAULT_TIME_LIMIT, MIB, Limits, input_bytes
+
+_LIMITS = "acnet_convert.limits"  # click's ctx.meta key: the limits the global options set
+
+
+def _run(command: str, options: dict[str, Any], inputs: list[Path | None] = (), batch_pixels: int = 0) -> Any:
+    """The command's work, in a supervised child under the run's limits (see `supervise`)."""
+    ctx = click.get_current_context()
+    ui: Output = ctx.obj if isinstance(ctx.obj, Output) else Output(False, False)
+    limits: Limits = ctx.meta.get(_LIMITS, Limits())
+    memory = limits.memory_for(input_bytes(inputs), batch_pixels)
+    return supervised(command, _plain(options), ui, memory=memory, time_limit=limits.time, verbose=ui.verbose)
+
+
+def _plain(value: Any) -> Any:
+    """Options as JSON values: paths as strings, tuples as lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(_run("versions", {})["text"])
+        ctx.exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show the tool, Paddle, ONNX and ONNX Runtime versions and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Show Paddle / ONNX Runtime logs and tracebacks.")
 @click.option("-q", "--quiet", "quiet_mode", is_flag=True, help="Print nothing but errors.")
+@click.option("--time-limit", type=TIME_LIMIT, default=DEFAULT_TIME_LIMIT, show_default=True, metavar="SECONDS",
+              help="Stop the work when it goes this long without progress (one model loaded or saved, one batch "
+                   "run): a hang ends in exit 3.")
+@click.option("--memory-limit", type=MEMORY_LIMIT, default=None, metavar="MIB",
+              help="Stop the work when it holds more memory than this (exit 3); default: from the size of the "
+                   "inputs.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, quiet_mode: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, quiet_mode: bool, time_limit: int, memory_limit: int | None) -> None:
     """Fold the branches of a trained Paddle CNN (ACNet's asymmetric convolution blocks,
     RepVGG-style 1x1 and identity branches, every conv+BN) into a deploy model with one conv
     per block, prove it computes the same function, and export it to ONNX.
 
+    The work runs in a child process under a memory and a time limit: a crash or a hang of
+    Paddle or ONNX Runtime on a hostile file is one line and exit 3, never a dead terminal.
+
     Exit codes: 0 success, 1 verify mismatch, 2 usage, 3 bad input, 4 internal error,
-    130 interrupted (Ctrl-C), 141 output pipe closed, 143 terminated (SIGTERM).
+    130 interrupted (Ctrl-C), 141 output pipe closed, 143 terminated (SIGTERM, SIGHUP).
     """
-    quiet.configure(verbose)
     ctx.obj = Output(quiet_mode, verbose)
+    ctx.meta[_LIMITS] = Limits(None if memory_limit is None else memory_limit * MIB, time_limit)
 
 
 @cli.command()
@@ -60,7 +99,7 @@ def cli(ctx: click.Context, verbose: bool, quiet_mode: bool) -> None:
 @click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN/Inf (warns).")
 @click.pass_obj
 @handled
-def fuse(ui: Output, source: Path, **options: Any) -> None:
+def fuse(ui: Output, source: Path, out: Path, **options: Any) -> None:
     """Fuse the trained model SOURCE into a deploy model in OUT.
 
     SOURCE is a train-form Paddle inference model of any CNN (PREFIX.json or PREFIX.pdmodel
@@ -74,22 +113,29 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
     options["onnx"] = options.pop("with_onnx")
     if options.get("dynamic_size") and not options["onnx"]:
         raise click.UsageError("--dynamic-size shapes the ONNX model: use it with --onnx (the Paddle model takes any size)")
-    from acnet_convert.commands.fuse import fuse as run_fuse
-
-    result = run_fuse(source, track=ui.progress, note=ui.note, **options)
-    for warning in result.warnings:
+    force = options["force"]
+    stage = staging.open_stage(destination.check_destination(out, force, [source]))
+    try:
+        done = _run("fuse", {"source": source, "out": out, "into": stage.path, **options}, [source])
+        staging.commit_stage(stage, force)
+    except BaseException:
+        staging.discard_stage(stage)
+        raise
+    finally:
+        staging.close_stage(stage)
+    for warning in done["warnings"]:
         ui.note(f"warning: {printable(warning, 400)}")
-    counts = result.counts
-    what = result.manifest.arch or f"{printable(source)}"
-    classes = f" ({result.manifest.num_classes} classes)" if result.manifest.num_classes else ""
-    ignored = f"; ignored {result.source.ignored} non-weight variables" if result.source.kind == "checkpoint" else ""
-    declined = f"; left {len(result.declined)} sums as they are (see inspect)" if result.declined else ""
+    counts = done["counts"]
+    what = done["arch"] or f"{printable(source)}"
+    classes = f" ({done['num_classes']} classes)" if done["num_classes"] else ""
+    ignored = f"; ignored {done['ignored']} non-weight variables" if done["kind"] == "checkpoint" else ""
+    declined = f"; left {done['declined']} sums as they are (see inspect)" if done["declined"] else ""
     ui.result(
         f"fused {what}{classes}: {counts['sum']} branch sums and {counts['conv_bn']} conv+BN into "
         f"{counts['sum'] + counts['conv_bn']} convs{declined}{ignored}"
     )
-    program = Artifacts(result.out_dir).program(result.manifest.formats[0])
-    ui.result(f"deploy model: {printable(program)} (wrote {', '.join(result.files)})")
+    program = Artifacts(out).program(done["format"])
+    ui.result(f"deploy model: {printable(program)} (wrote {', '.join(done['files'])})")
 
 
 @cli.command()
@@ -106,19 +152,26 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
 @handled
 def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **options: Any) -> None:
     """Write an ONNX model of the deploy model in OUT (made by `fuse`)."""
-    manifest = Artifacts(out_dir).read_manifest()
+    artifacts = Artifacts(out_dir)
+    manifest = artifacts.read_manifest()
     target = out_dir / ONNX_MODEL if output is None else output
-    destination.check_file_destination(target, force, [*fuse_output_files(out_dir), *source_files(manifest)],
-                                   what="-o" if output is not None else "output")
-    from acnet_convert.commands.export_onnx import export_onnx as run_export
-
-    done = run_export(Artifacts(out_dir), manifest, output, force=force, **options)
-    if done.fp16:
-        share = done.underflow / done.values if done.values else 0.0
-        ui.result(f"float16: {done.underflow} of {done.values} weight values underflow to zero ({share:.2%})")
+    what = "-o" if output is not None else "output"
+    dest = destination.check_file_destination(target, force, [*fuse_output_files(out_dir), *source_files(manifest)],
+                                              what=what)
+    stage = staging.open_stage(dest)
+    try:
+        done = _run("export-onnx", {"out_dir": out_dir, "into": stage.path, **options},
+                    [artifacts.params, *(p for _, p, _ in artifacts.paddle_models(manifest))])
+        staging.commit_stage(stage, force, what=what, check=destination.any_regular_file, inner=ONNX_MODEL)
+    except BaseException:
+        staging.discard_stage(stage)
+        raise
+    if done["fp16"]:
+        share = done["underflow"] / done["values"] if done["values"] else 0.0
+        ui.result(f"float16: {done['underflow']} of {done['values']} weight values underflow to zero ({share:.2%})")
     size = "dynamic" if options["dynamic_size"] else f"{manifest.input_size}x{manifest.input_size}"
-    ui.result(f"wrote {printable(done.path)} (opset {done.opset}, batch {'1' if options['static_batch'] else 'dynamic'}, "
-              f"size {size}, {'float16' if done.fp16 else 'float32'})")
+    ui.result(f"wrote {printable(target)} (opset {done['opset']}, batch {'1' if options['static_batch'] else 'dynamic'}, "
+              f"size {size}, {'float16' if done['fp16'] else 'float32'})")
 
 
 @cli.command()
@@ -159,24 +212,24 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
     1 when not."""
     manifest = Artifacts(out_dir).read_manifest()
     streamed = options["inputs"] is not None or options["images"] is not None
-    check_verify_budget(options["crop"] or manifest.input_size, options["batch_size"], options["batches"], streamed)
+    side = options["crop"] or manifest.input_size
+    check_verify_budget(side, side, options["batch_size"], options["batches"], streamed)
     to_file = json_path is not None and str(json_path) != "-"
     if to_file:  # before the run, not after it
         read = [options[k] for k in ("source", "ckpt", "onnx", "inputs", "labels")] + source_files(manifest)
         destination.check_file_destination(json_path, False, read, what="--json",
                                        replaceable=destination.verify_report, force_flag=None)
-    from acnet_convert.commands.verify import verify as run_verify
-
-    report = run_verify(out_dir, note=ui.note, track=ui.progress, **options)
+    read = [options[k] for k in ("source", "ckpt", "onnx", "inputs")] + source_files(manifest) + [out_dir]
+    done = _run("verify", {"out_dir": out_dir, **options}, read, options["batch_size"] * side * side)
     if json_path is not None:
-        text = json.dumps(report.to_json(), indent=2)
+        text = json.dumps(done["report"], indent=2)
         if not to_file:
             click.echo(text)
         else:
             staging.write_file(json_path, (text + "\n").encode(), replace=True, what="--json", check=destination.verify_report)
     if str(json_path) != "-":
-        ui.result(report.format_table())
-    return 0 if report.ok else 1
+        ui.result(done["table"])
+    return 0 if done["ok"] else 1
 
 
 @cli.command()
@@ -190,14 +243,12 @@ def inspect(ui: Output, path: Path, as_json: bool, input_size: int | None) -> No
     """Describe a SOURCE or a fuse output: what folds (each group by kind), the sums left as
     they are and why, ops by type, parameter and multiply-add totals of the train and deploy
     graphs. Checkpoints and OUT folders are read without Paddle; a program needs it."""
-    from acnet_convert.commands.describe import describe, format_report
-
-    report = describe(path, input_size=input_size)
-    ui.result(json.dumps(report, indent=2) if as_json else format_report(report))
+    done = _run("inspect", {"path": path, "as_json": as_json, "input_size": input_size}, [path])
+    ui.result(done["text"])
 
 
 def main() -> None:
-    """The console script: SIGTERM is handled like Ctrl-C from the start."""
+    """The console script: SIGTERM and SIGHUP are handled like Ctrl-C from the start."""
     signals.install()
     try:
         code = cli.main(prog_name="acnet-convert", standalone_mode=False)

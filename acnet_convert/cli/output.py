@@ -1,8 +1,9 @@
-"""What the commands print: results on stdout, progress and notes on stderr, both muted by -q."""
+"""What the commands print: results on stdout, progress and notes on stderr, both muted by -q.
+The worker's notes and progress come here as they arrive (`supervise.child.Listener`)."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -17,6 +18,7 @@ class Output:
     def __init__(self, quiet_mode: bool, verbose: bool) -> None:
         self.quiet = quiet_mode
         self.verbose = verbose
+        self._bar: Any = None
 
     def result(self, text: str) -> None:
         """A result on stdout. A block keeps its lines; no other control character passes."""
@@ -25,13 +27,28 @@ class Output:
 
     def note(self, text: str) -> None:
         """One line on stderr (progress, warnings), escaped: it cannot forge a second line."""
+        self.finish()
         if not self.quiet:
             click.echo(printable(text, LINE), err=True)
 
-    def progress(self, items: list[Any], label: str) -> Iterator[Any]:
-        """A progress bar on a terminal; nothing when piped or quiet."""
+    def warning(self, text: str) -> None:
+        self.note(f"warning: {text}")
+
+    def progress(self, label: str, total: int) -> None:
+        """A progress bar of `total` steps on a terminal; nothing when piped or quiet."""
+        self.finish()
         if self.quiet or not sys.stderr.isatty():
-            yield from items
             return
-        with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
-            yield from bar
+        self._bar = click.progressbar(length=max(total, 0) or None, label=printable(label, 60), file=sys.stderr,
+                                      show_pos=True)
+        self._bar.__enter__()
+
+    def advance(self, steps: int) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def finish(self) -> None:
+        """End the progress bar on screen, if one is showing."""
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.__exit__(None, None, None)

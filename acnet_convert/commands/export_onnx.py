@@ -11,6 +11,7 @@ import numpy as np
 
 from acnet_convert.out.artifacts import Artifacts, Manifest
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.phase import ONNX, phase
 from acnet_convert.common.text import printable
 
 
@@ -64,7 +65,8 @@ def export_onnx(
     if output.exists() and not force:
         raise ConvertError(f"{printable(output)} already exists (pass --force to replace it)")
     fmt = "pir" if "pir" in manifest.formats else manifest.formats[0]
-    program = load_program(artifacts.program(fmt), artifacts.params)
+    shown = artifacts.program(fmt)
+    program = load_program(shown, artifacts.params)
     graph = read_graph(program)
     underflow = values = 0
     if fp16:
@@ -76,9 +78,11 @@ def export_onnx(
             raise ConvertError(f"{'weight' if len(names) == 1 else 'weights'} {shown} "
                                f"{'does' if len(names) == 1 else 'do'} not fit float16: values up to "
                                f"{largest:.4g}, beyond its largest 65504; export without --fp16")
-    model = build_onnx(graph, opset=opset, static_batch=static_batch, batch_size=batch_size, dynamic_size=dynamic_size,
-                       fp16=fp16, input_size=manifest.input_size,
-                       metadata=onnx_metadata(manifest))
+    with phase("translating to ONNX the deploy model", shown, ONNX):
+        model = build_onnx(graph, opset=opset, static_batch=static_batch, batch_size=batch_size,
+                           dynamic_size=dynamic_size, fp16=fp16, input_size=manifest.input_size,
+                           metadata=onnx_metadata(manifest))
     del program, graph
-    write_onnx(model, output, replace=force)
+    with phase("checking and writing the ONNX model of", shown, ONNX):
+        write_onnx(model, output, replace=force)
     return OnnxExport(output, opset, fp16, underflow, values)

@@ -2,6 +2,7 @@
 -> the deploy model and its companions, written into OUT/ all at once."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Callable, Iterable
 
 from acnet_convert.out.artifacts import Artifacts, InputRecord, Manifest, SourceRecord, new_manifest
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.phase import PADDLE, phase
 from acnet_convert.graph.ir import Graph
 from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
 from acnet_convert.out.destination import check_destination
@@ -97,11 +99,16 @@ def fuse(
     reference_layout: bool = False,
     track: Callable[[list[Group], str], Iterable[Group]] | None = None,
     note: Callable[[str], None] = lambda _text: None,
+    into: Path | None = None,
 ) -> FuseResult:
+    """Read SOURCE, fold what folds, write OUT (staged beside it, committed at the end). With
+    `into`, an empty folder the caller made (and checked OUT for, and commits): everything is
+    written there instead, nothing is checked or committed here."""
     source_path, out = Path(source_path), Path(out)
     if paddle_format not in PADDLE_FORMATS:
         raise ConvertError(f"--paddle-format {printable(paddle_format)}: choose one of {', '.join(PADDLE_FORMATS)}")
-    check_destination(out, force, [source_path])  # before any work: OUT apart from SOURCE, replaceable
+    if into is None:
+        check_destination(out, force, [source_path])  # before any work: OUT apart from SOURCE, replaceable
     timings: dict[str, float] = {}
     warnings: list[str] = []
     start = time.perf_counter()
@@ -149,17 +156,20 @@ def fuse(
     start = time.perf_counter()
     from acnet_convert.write.pir import apply_fusion, save_program
 
-    with staged_dir(out, force, [source_path]) as stage:
+    with staged_dir(out, force, [source_path]) if into is None else contextlib.nullcontext(Path(into)) as stage:
         artifacts = Artifacts(stage)
         try:
-            apply_fusion(source.program, source.graph, fused)
-            save_program(source.program, artifacts.prefix)
+            with phase("editing the program of", source.path, PADDLE):
+                apply_fusion(source.program, source.graph, fused)
+            with phase("saving the deploy model of", source.path, PADDLE):
+                save_program(source.program, artifacts.prefix)
             timings["paddle"] = time.perf_counter() - start
             if "legacy" in formats:  # from the same deploy graph, sharing inference.pdiparams
                 from acnet_convert.write.legacy.writer import write_legacy_program
 
                 legacy_start = time.perf_counter()
-                write_legacy_program(artifacts, deploy)
+                with phase("writing the legacy deploy model of", source.path, PADDLE):
+                    write_legacy_program(artifacts, deploy)
                 if "pir" not in formats:
                     artifacts.program("pir").unlink()
                 timings["legacy"] = time.perf_counter() - legacy_start

@@ -1,0 +1,77 @@
+"""The work of each command, as the worker runs it: the job's options (JSON: paths as strings)
+to the library call, and its outcome to a JSON value the command process prints from.
+
+Each job runs inside its own phase (`fusing SOURCE`, ...), so whatever happens, the command
+process knows which file the work was on."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from acnet_convert.common.phase import phase
+from acnet_convert.out.artifacts import ONNX_MODEL, Artifacts
+from acnet_convert.worker.channel import Channel
+
+_PATHS = ("source", "ckpt", "onnx", "inputs", "images", "labels")
+
+
+def _paths(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: Path(v) if k in _PATHS and isinstance(v, str) else v for k, v in options.items()}
+
+
+def fuse(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """Fuse into the staging folder `into` the command process made for OUT (and commits)."""
+    from acnet_convert.commands.fuse import fuse as run
+
+    options = _paths(options)
+    source, out, into = options.pop("source"), Path(options.pop("out")), Path(options.pop("into"))
+    with phase("fusing", source):
+        result = run(source, out, into=into, track=channel.track, note=channel.note, **options)
+    return {
+        "arch": result.manifest.arch, "num_classes": result.manifest.num_classes, "kind": result.source.kind,
+        "ignored": result.source.ignored, "declined": len(result.declined), "counts": result.counts,
+        "format": result.manifest.formats[0], "files": result.files, "warnings": list(result.warnings),
+    }
+
+
+def export_onnx(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """Write the ONNX model into the folder `into` the command process made beside the target."""
+    from acnet_convert.commands.export_onnx import export_onnx as run
+
+    artifacts = Artifacts(Path(options.pop("out_dir")))
+    into = Path(options.pop("into"))
+    with phase("exporting", artifacts.root):
+        done = run(artifacts, None, into / ONNX_MODEL, force=False, **options)
+    return {"opset": done.opset, "fp16": done.fp16, "underflow": done.underflow, "values": done.values}
+
+
+def verify(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    from acnet_convert.commands.verify import verify as run
+
+    options = _paths(options)
+    out = Path(options.pop("out_dir"))
+    with phase("verifying", out):
+        report = run(out, note=channel.note, track=channel.track, **options)
+    return {"ok": report.ok, "table": report.format_table(), "report": report.to_json()}
+
+
+def inspect(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    import json
+
+    from acnet_convert.commands.describe import describe, format_report
+
+    path = Path(options["path"])
+    with phase("describing", path):
+        report = describe(path, input_size=options.get("input_size"))
+    return {"text": json.dumps(report, indent=2) if options.get("as_json") else format_report(report)}
+
+
+def versions(_options: dict[str, Any], _channel: Channel) -> dict[str, Any]:
+    from acnet_convert.worker.versions import versions as text
+
+    return {"text": text()}
+
+
+JOBS: dict[str, Callable[[dict[str, Any], Channel], dict[str, Any]]] = {
+    "fuse": fuse, "export-onnx": export_onnx, "verify": verify, "inspect": inspect, "versions": versions,
+}
