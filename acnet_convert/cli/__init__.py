@@ -4,24 +4,31 @@ destination, the option budgets, OUT's manifest), run the work in a supervised c
 Paddle, onnx or ONNX Runtime."""
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-from typing import Any
-
-import click
-
-from acnet_convert.cli.endings import handled, say
-from acnet_convert.cli.options import (ARCH_CHOICES, BATCH_SIZE, BATCHES, INPUT_SIZE, MEMORY_LIMIT, NUM_CLASSES, SEED,
-                                       TIME_LIMIT, TOLERANCE, fuse_output_files, source_files, three_floats)
-from acnet_convert.cli.output import Output
 from acnet_convert.common import signals
-from acnet_convert.common.budgets import BATCH_PIXELS, TOTAL_PIXELS, check_verify_budget
-from acnet_convert.common.text import printable
-from acnet_convert.out import destination, staging
-from acnet_convert.out.artifacts import ONNX_MODEL, Artifacts
-from acnet_convert.supervise.child import run as supervised
-from acnet_convert.supervise.limits import DEFAULT_TIME_LIMIT, MIB, Limits, input_bytes
+
+# First of all: from here on SIGINT, SIGTERM and SIGHUP end the run with 130/143 and leave
+# nothing, even while the modules below are being imported.
+signals.install()
+try:
+    import json
+    import sys
+    from pathlib import Path
+    from typing import Any
+
+    import click
+
+    from acnet_convert.cli.endings import handled, say
+    from acnet_convert.cli.options import (ARCH_CHOICES, BATCH_SIZE, BATCHES, INPUT_SIZE, MEMORY_LIMIT, NUM_CLASSES,
+                                           SEED, TIME_LIMIT, TOLERANCE, fuse_output_files, source_files, three_floats)
+    from acnet_convert.cli.output import Output
+    from acnet_convert.common.budgets import BATCH_PIXELS, TOTAL_PIXELS, check_verify_budget
+    from acnet_convert.common.text import printable
+    from acnet_convert.out import destination, staging
+    from acnet_convert.out.artifacts import ONNX_MODEL, Artifacts
+    from acnet_convert.supervise.child import run as supervised
+    from acnet_convert.supervise.limits import DEFAULT_TIME_LIMIT, MIB, Limits, input_bytes
+except KeyboardInterrupt as interrupt:
+    signals.exit_now(interrupt)
 
 _LIMITS = "acnet_convert.limits"  # click's ctx.meta key: the limits the global options set
 

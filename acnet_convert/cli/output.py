@@ -47,6 +47,11 @@ class Output:
         if self._bar is not None:
             self._bar.update(steps)
 
+    def phase(self, doing: str, file: str, native: str | None) -> None:
+        """With -v, what the work does now: where a slow or hung run is."""
+        if self.verbose:
+            self.note(f"[{native or 'acnet-convert'}] {doing} {file}")
+
     def finish(self) -> None:
         """End the progress bar on screen, if one is showing."""
         bar, self._bar = self._bar, None

@@ -55,7 +55,8 @@ def export_onnx(
     `batch_size`. With `fp16` the weights and activations are float16 (inputs and outputs stay
     float32): before anything is written, a weight beyond float16's range is refused by name
     (`onnx_writer.fp16_range_report`), and the values that underflow to zero are counted."""
-    from acnet_convert.write.onnx.writer import build_onnx, fp16_range_report, write_onnx
+    with phase("importing", "onnx", ONNX):
+        from acnet_convert.write.onnx.writer import build_onnx, fp16_range_report, write_onnx
     from acnet_convert.read.program import load_program
     from acnet_convert.read.program_reader import read_graph
 

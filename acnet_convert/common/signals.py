@@ -71,6 +71,21 @@ def reinstall() -> None:
             signal.signal(signum, _on_signal)
 
 
+def exit_now(interrupt: KeyboardInterrupt) -> None:
+    """End the process for `interrupt` where no handler of the CLI is up yet (its imports):
+    "interrupted" / "terminated", 130 / 143."""
+    import sys
+
+    if threading.current_thread() is threading.main_thread():  # a second signal changes nothing now
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        sys.stderr.write(describe(interrupt) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    raise SystemExit(exit_code(interrupt))
+
+
 def received() -> KeyboardInterrupt | None:
     """The interrupt for the first signal that arrived in this run, if any."""
     return None if _received is None else _interrupt(_received)

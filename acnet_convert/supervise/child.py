@@ -51,6 +51,8 @@ class Listener(Protocol):
 
     def advance(self, steps: int) -> None: ...
 
+    def phase(self, doing: str, file: str, native: str | None) -> None: ...
+
     def finish(self) -> None: ...
 
 
@@ -178,6 +180,7 @@ class _Child:
             listener.advance(message["steps"])
         elif kind == "phase":
             watched.phase = message
+            listener.phase(message["doing"], message["file"], message["native"])
         elif kind == "result":
             watched.result, watched.has_result = message["value"], True
         else:

@@ -46,9 +46,7 @@ def _where(watched: Watched) -> tuple[str, str]:
     phase = watched.phase
     if phase is None:
         return US, "while starting"
-    doing, file = phase["doing"], phase["file"]
-    what = doing.replace("{file}", file) if "{file}" in doing else f"{doing} {file}"
-    return phase["native"] or US, f"while {what}"
+    return phase["native"] or US, f"while {phase['doing']} {phase['file']}"
 
 
 def _signal_name(number: int) -> str:

@@ -8,8 +8,10 @@ writes into, and its TMPDIR. So it may die any way at all, and it dies with its 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import resource
 import signal
 import sys
 
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     except protocol.ProtocolError:
         os._exit(EXIT_INTERNAL)
     quiet.configure(verbose)
+    if not verbose:  # a crash on a hostile file would leave a core of Paddle's size in the current folder
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     phase.listen(channel.phase)
     from acnet_convert.worker.jobs import JOBS
 
