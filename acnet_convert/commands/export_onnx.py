@@ -67,7 +67,7 @@ def export_onnx(
         raise ConvertError(f"{printable(output)} already exists (pass --force to replace it)")
     fmt = "pir" if "pir" in manifest.formats else manifest.formats[0]
     shown = artifacts.program(fmt)
-    program = load_program(shown, artifacts.params)
+    program = load_program(shown, artifacts.params, follow_links=False)
     graph = read_graph(program)
     underflow = values = 0
     if fp16:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from acnet_convert.out.artifacts import Artifacts, InputRecord, Manifest, SourceRecord, new_manifest
+from acnet_convert.common.budgets import input_shape_problem
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.phase import PADDLE, phase
 from acnet_convert.graph.ir import Graph
@@ -116,6 +117,12 @@ def fuse(
                          allow_nonfinite=allow_nonfinite)
     warnings += source.warnings
     timings["read"] = time.perf_counter() - start
+    for name in source.graph.inputs:  # what the manifest records, verify feeds and ONNX declares
+        shape = source.graph.tensors[name].shape if name in source.graph.tensors else ()
+        problem = input_shape_problem(shape)
+        if problem:
+            raise ConvertError(f"{printable(source.path)}: input {printable(name)} has shape {list(shape)}: {problem}; "
+                               "no deploy model of it could be verified or run")
     fixed = _fixed_size(source.graph)
     if fixed is not None:  # a program made for one size: the manifest, ONNX and verify use it
         input_size = fixed

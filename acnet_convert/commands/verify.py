@@ -22,6 +22,7 @@ their preprocessing: `deploy_config`), the per-group check `per_layer`.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -34,7 +35,9 @@ import numpy as np
 from acnet_convert.out.artifacts import Artifacts, Manifest
 from acnet_convert.out.deploy_config import Preprocess, default_preprocess, read_inference_config
 from acnet_convert.verify.device import resolve_device
+from acnet_convert.common.budgets import check_verify_budget
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.regular_file import open_regular
 from acnet_convert.verify.feeds import ImageFeed, MemoryFeed, RandomBatches, Track, load_inputs
 from acnet_convert.verify.runners import (Runner, onnx_session, op_names, paddle_predictor, release_memory, train_files,
                                    train_runner)
@@ -101,7 +104,7 @@ def check_deploy_weights(models: list[DeployModel], artifacts: Artifacts, keep: 
     kept: dict[str, np.ndarray] = {}
     geometry = None
     for i, model in enumerate(models):
-        loaded = load_program(model.program, model.params)
+        loaded = load_program(model.program, model.params, follow_links=False)
         model.ops = op_names(loaded.ops)
         seen = set()
         for name, value in _loaded_parameters(loaded):
@@ -266,8 +269,10 @@ def verify(
     manifest = artifacts.read_manifest()
     artifacts.check_complete(manifest)
     log = _Log(note)
+    if onnx is None and os.path.lexists(artifacts.onnx):
+        open_regular(artifacts.onnx).close()  # fuse writes a regular file: a link or a FIFO there is refused
     onnx_path = Path(onnx) if onnx is not None else (artifacts.onnx if artifacts.onnx.is_file() else None)
-    if onnx_path is not None and not onnx_path.is_file():
+    if onnx_path is not None and not os.path.lexists(onnx_path):
         raise ConvertError(f"--onnx {printable(onnx_path)} does not exist")
     target = resolve_device(device, onnx=onnx_path is not None)
     for text in target.notes:
@@ -281,6 +286,7 @@ def verify(
         shape = (3, feed.preprocess.crop, feed.preprocess.crop)
     else:
         shape = tuple(feed.first().shape[1:]) if feed.kind == "npy" else image_shape(manifest)
+    check_verify_budget(shape[1], shape[2], batch_size, batches, feed.kind != "random")
 
     models = [DeployModel(PADDLE_NAMES[fmt], program, params) for fmt, program, params in artifacts.paddle_models(manifest)]
     with log.timed("deploy weights"):

@@ -11,6 +11,7 @@ import numpy as np
 
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.text import printable
+from acnet_convert.graph.attributes import check_attributes
 from acnet_convert.graph.ir import Graph, Input, Node, TensorInfo, unique_name
 from acnet_convert.read.program import Program
 
@@ -184,6 +185,7 @@ def read_graph(source: Program) -> Graph:
         raise ConvertError(f"{printable(source.path)} has no fetch op: it is not an inference program with outputs")
     source.values = names.where
     graph = Graph(nodes, inputs, outputs, tensors, weights, constants, output_names)
+    check_attributes(graph, printable(source.path))
     return merge_conv_bias(graph).pruned()
 
 

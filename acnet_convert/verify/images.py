@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from acnet_convert.out.deploy_config import Preprocess
+from acnet_convert.common.budgets import IMAGE_PIXELS
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.regular_file import kind_of
 from acnet_convert.common.text import one_line, printable
@@ -84,7 +85,7 @@ def read_labels(path: Path) -> dict[str, int]:
         if not line or line.startswith("#"):
             continue
         parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].isdigit():
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()):  # "²" is a digit, not a number
             raise ConvertError(f"--labels {printable(path)} line {number}: expected 'name index', got {printable(line, 80)}")
         labels[parts[0].replace("\\", "/")] = int(parts[1])
     if not labels:
@@ -156,11 +157,17 @@ def load_image(path: Path, preprocess: Preprocess) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(f) as opened:
+                w, h = opened.size  # from the header: the budgets apply before anything is decoded
+                percent = preprocess.resize_short / max(1, min(w, h))
+                size = (int(round(h * percent)), int(round(w * percent)))  # (h, w) resized
+                if w * h > IMAGE_PIXELS or size[0] * size[1] > IMAGE_PIXELS:
+                    raise ValueError(f"{w}x{h} pixels, resized to {size[1]}x{size[0]} before the crop: more than "
+                                     f"{IMAGE_PIXELS >> 20} Mpixel")
                 opened.load()
                 image = ImageOps.exif_transpose(opened).convert("RGB")
-    w, h = image.size
-    percent = preprocess.resize_short / min(w, h)
-    size = (int(round(h * percent)), int(round(w * percent)))  # (h, w)
+    if image.size != (w, h):  # EXIF orientation swapped the sides
+        w, h = image.size
+        size = (int(round(h * percent)), int(round(w * percent)))
     image = F.resize(image, size, interpolation=preprocess.interpolation)
     c = preprocess.crop
     image = F.crop(image, (size[0] - c) // 2, (size[1] - c) // 2, c, c)
