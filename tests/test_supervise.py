@@ -287,3 +287,19 @@ def test_onnx_runtime_that_never_returns(small_out, tmp_path: Path, ending: str)
         assert lines[-1] == (f"error: ONNX Runtime went 8 s without progress while running {model} "
                              "(--time-limit SECONDS raises the limit)")
     assert leftovers(tmp_path / "tmp") == []
+
+
+def test_the_memory_limit_follows_the_inputs(tmp_path: Path) -> None:
+    """A program's bytes weigh more than weights' (its ops become Python objects); a folder
+    counts its files, a path prefix the files it names; --memory-limit replaces the estimate."""
+    from acnet_convert.supervise.limits import (BASE_BYTES, PER_BATCH_PIXEL, PER_DATA_BYTE, PER_PROGRAM_BYTE,
+                                                Limits)
+
+    (tmp_path / "m.json").write_bytes(bytes(1000))
+    (tmp_path / "m.pdiparams").write_bytes(bytes(5000))
+    (tmp_path / "notes").mkdir()
+    auto = Limits()
+    assert auto.memory_for([tmp_path / "m"]) == BASE_BYTES + 1000 * PER_PROGRAM_BYTE + 5000 * PER_DATA_BYTE
+    assert auto.memory_for([tmp_path, None], 10) == auto.memory_for([tmp_path / "m"]) + 10 * PER_BATCH_PIXEL
+    assert auto.memory_for([tmp_path / "missing"]) == BASE_BYTES
+    assert Limits(memory=123).memory_for([tmp_path], 10**9) == 123

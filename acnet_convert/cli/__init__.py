@@ -26,7 +26,7 @@ try:
     from acnet_convert.out import destination, staging
     from acnet_convert.out.artifacts import ONNX_MODEL, Artifacts
     from acnet_convert.supervise.child import run as supervised
-    from acnet_convert.supervise.limits import DEFAULT_TIME_LIMIT, MIB, Limits, input_bytes
+    from acnet_convert.supervise.limits import DEFAULT_TIME_LIMIT, MIB, Limits
 except KeyboardInterrupt as interrupt:
     signals.exit_now(interrupt)
 
@@ -38,7 +38,7 @@ def _run(command: str, options: dict[str, Any], inputs: list[Path | None] = (), 
     ctx = click.get_current_context()
     ui: Output = ctx.obj if isinstance(ctx.obj, Output) else Output(False, False)
     limits: Limits = ctx.meta.get(_LIMITS, Limits())
-    memory = limits.memory_for(input_bytes(inputs), batch_pixels)
+    memory = limits.memory_for(inputs, batch_pixels)
     return supervised(command, _plain(options), ui, memory=memory, time_limit=limits.time, verbose=ui.verbose)
 
 

@@ -52,6 +52,12 @@ class Output:
         if self.verbose:
             self.note(f"[{native or 'acnet-convert'}] {doing} {file}")
 
+    def resources(self, peak: int, limit: int) -> None:
+        """With -v, how much memory the work held at most, against its limit."""
+        if self.verbose:
+            self.note(f"[acnet-convert] the work held at most {peak / (1 << 20):,.0f} MiB of its "
+                      f"{limit / (1 << 20):,.0f} MiB limit")
+
     def finish(self) -> None:
         """End the progress bar on screen, if one is showing."""
         bar, self._bar = self._bar, None

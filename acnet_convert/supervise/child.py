@@ -53,6 +53,8 @@ class Listener(Protocol):
 
     def phase(self, doing: str, file: str, native: str | None) -> None: ...
 
+    def resources(self, peak: int, limit: int) -> None: ...
+
     def finish(self) -> None: ...
 
 
@@ -75,6 +77,7 @@ def run(command: str, options: dict[str, Any], listener: Listener, *, memory: in
             shutil.rmtree(tmp, ignore_errors=True)
             os.close(lock)
         listener.finish()
+    listener.resources(watched.peak, memory)
     return ending(watched)
 
 
@@ -151,9 +154,11 @@ class _Child:
             if now - last_look >= POLL:
                 last_look = now
                 used = resident_bytes(self.proc.pid)
-                if used is not None and used > memory:
-                    watched.stopped, watched.used = "memory", used
-                    break
+                if used is not None:
+                    watched.peak = max(watched.peak, used)
+                    if used > memory:
+                        watched.stopped, watched.used = "memory", used
+                        break
             if now - last_word > time_limit:
                 watched.stopped = "time"
                 break

@@ -38,6 +38,7 @@ class Watched:
     error: dict[str, Any] | None = None  # the "error" message
     stopped: str | None = None  # why the supervisor killed it: "memory" | "time" | "protocol"
     used: int = 0  # resident bytes when it was stopped for memory
+    peak: int = 0  # the most resident bytes seen
     status: int = 0  # as Popen reports it: -N for signal N
 
 

@@ -10,8 +10,9 @@ ResNet-152 through on a 64-core machine would stop nothing on a small one. So th
 reads the child's resident set (/proc/PID/statm) every POLL seconds and stops it beyond the limit.
 
 Why the time limit counts from the last message, not from the start: `verify --images` over a
-whole validation set legitimately runs for hours, one batch after the other, each a message; a
-native call that never returns (an ONNX Loop of 2**62 iterations, a deadlock) says nothing.
+whole validation set legitimately runs for hours, one chunk of images after the other, each a
+message; a native call that never returns (an ONNX Loop of 2**62 iterations, a deadlock) says
+nothing.
 """
 from __future__ import annotations
 
@@ -23,16 +24,24 @@ from typing import Iterable
 
 POLL = 0.05  # seconds between two looks at the child's memory
 MIB = 1 << 20
-# The longest step measured: fusing a 100,000-op program reads it in one step of 85-110 s on a
-# 2-core machine; a 16-Mpixel batch of ResNet-152 through one runtime ~80 s. 15 minutes is 8x
-# that, and still ends a hung run the same hour.
+# The longest silent step measured: fusing a 100,000-op program reads it in one step of 85-110 s
+# on a 2-core machine (issue 18). A runtime is fed 2 images at 224 at a time, each chunk a step
+# (under 2 s for ResNet-50 on 2 busy cores). 15 minutes is 8x the longest, and still ends a hung
+# run within the hour; --time-limit raises it for slower machines or larger programs.
 DEFAULT_TIME_LIMIT = 900
-# Resident memory: Paddle + onnx + ONNX Runtime imported and a predictor of each kind made is
-# ~450 MB before any model; a run holds a few copies of the weights (the source's, the fused
-# ones, one per runtime in verify) and the batches in flight with their activations.
+# Resident memory (measured with -v, Paddle 3.3.1, 2 cores): Paddle, onnx and ONNX Runtime
+# imported and a predictor of each made hold ~450 MB before any model. A run then holds a few
+# copies of the weights (the source's, the fused ones, ONNX's, one per runtime in verify), and a
+# program's ops as Python objects: ~50 bytes per byte of its JSON (a 20,000-op program of 9.3 MB
+# peaked at 769 MB, the 100,000-op one of issue 18 at 2.4 GB). Measured on ResNet-50 ACNet
+# (133 MB export): fuse 502 MiB, fuse --onnx 1,082 MiB, export-onnx 847 MiB, verify 677 MiB,
+# verify --batch-size 300 1,019 MiB (23 bytes per pixel of a batch: runtimes are fed 2 images at
+# a time). The limit is 2.4x to 6x these.
 BASE_BYTES = 1536 * MIB
-PER_INPUT_BYTE = 8
-PER_BATCH_PIXEL = 1024  # bytes per pixel of a batch: the float32 images and a CNN's widest activations
+PER_DATA_BYTE = 8  # weights, images, ONNX models
+PER_PROGRAM_BYTE = 96  # .json / .pdmodel programs
+PROGRAM_SUFFIXES = (".json", ".pdmodel")
+PER_BATCH_PIXEL = 128  # the float32 images of a batch and their copies
 
 
 @dataclass(frozen=True)
@@ -40,38 +49,39 @@ class Limits:
     memory: int | None = None  # bytes of resident memory; None: from the inputs (`memory_for`)
     time: float = DEFAULT_TIME_LIMIT  # seconds without a message
 
-    def memory_for(self, input_bytes: int, batch_pixels: int = 0) -> int:
+    def memory_for(self, inputs: Iterable[Path | str | None], batch_pixels: int = 0) -> int:
+        """The memory limit for work on `inputs` (files, folders, path prefixes) that feeds
+        batches of `batch_pixels` pixels."""
         if self.memory is not None:
             return self.memory
-        return BASE_BYTES + PER_INPUT_BYTE * input_bytes + PER_BATCH_PIXEL * batch_pixels
+        return BASE_BYTES + input_weight(inputs) + PER_BATCH_PIXEL * batch_pixels
 
 
-def input_bytes(paths: Iterable[Path | str | None]) -> int:
-    """What the inputs hold on disk: a file's size, a folder's regular files (not followed into
-    links), a path prefix's files (PREFIX.json + PREFIX.pdiparams)."""
-    total = 0
+def input_weight(paths: Iterable[Path | str | None]) -> int:
+    """The memory the inputs' bytes stand for: a program's bytes PER_PROGRAM_BYTE, any other
+    file's PER_DATA_BYTE; a folder's regular files (not followed into links), a path prefix's
+    files (PREFIX.json + PREFIX.pdiparams)."""
+    files: list[Path] = []
     for path in paths:
         if path is None:
             continue
         path = Path(path)
         if path.is_dir():
-            total += _folder_bytes(path)
+            files += _folder_files(path)
         elif path.is_file():
-            total += path.stat().st_size
+            files.append(path)
         elif path.parent.is_dir():
-            total += sum(_size(p) for p in path.parent.glob(f"{_glob_escape(path.name)}.*"))
-    return total
+            files += path.parent.glob(f"{_glob_escape(path.name)}.*")
+    return sum(_size(f) * (PER_PROGRAM_BYTE if f.suffix in PROGRAM_SUFFIXES else PER_DATA_BYTE) for f in files)
 
 
-def _folder_bytes(folder: Path, entries: int = 100_000) -> int:
-    total = 0
+def _folder_files(folder: Path, entries: int = 100_000) -> list[Path]:
+    found: list[Path] = []
     for root, _dirs, files in os.walk(folder):
-        for name in files:
-            total += _size(Path(root) / name)
-            entries -= 1
-            if entries <= 0:  # a checkpoint folder has hundreds of files; enough is enough
-                return total
-    return total
+        found += (Path(root) / name for name in files)
+        if len(found) >= entries:  # a checkpoint folder has hundreds of files; enough is enough
+            break
+    return found
 
 
 def _size(path: Path) -> int:

@@ -59,8 +59,12 @@ class Runner:
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         step = max(1, CHUNK_PIXELS // max(1, int(np.prod(batch.shape[2:]))))
+        return self._chunk(batch) if len(batch) <= step else in_steps(self._chunk, batch, step)
+
+    def _chunk(self, chunk: np.ndarray) -> list[np.ndarray]:
+        # each chunk is a step of its own: a run that goes silent longer than one chunk takes is hung
         with phase("running", self.path, self.runtime):
-            return self.run(batch) if len(batch) <= step else in_steps(self.run, batch, step)
+            return self.run(chunk)
 
 
 def in_steps(run: Callable[[np.ndarray], list[np.ndarray]], batch: np.ndarray, step: int) -> list[np.ndarray]:
