@@ -96,10 +96,19 @@ class _PirWalk:
                 if not isinstance(block, dict) or not isinstance(block.get("ops"), list):
                     raise self.bad(where, "has a block without ops")
                 scope: set[int] = set()
-                for arg in block.get("args") or []:
+                for arg in self.listed(block, "args", where):
                     self.define(arg, scope, f"a block argument of {where}")
                 for position, op in enumerate(block["ops"]):
                     self.op(op, position, [*scopes, scope], depth)
+
+    def listed(self, owner: dict, key: str, where: str) -> list:
+        """owner[key], a list (absent: empty)."""
+        value = owner.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.bad(where, f"has {printable(key)} that is not a list")
+        return value
 
     def define(self, value: Any, scope: set[int], where: str) -> None:
         ident = value.get("%") if isinstance(value, dict) else None
@@ -112,7 +121,7 @@ class _PirWalk:
         if not isinstance(name, str) or not name:
             raise self.bad(f"op #{position}", "has no name")
         where = f"op #{position} {printable(name.split('.', 1)[-1], 80)}"
-        for operand in op.get("I") or []:
+        for operand in self.listed(op, "I", where):
             ident = operand.get("%") if isinstance(operand, dict) else None
             if type(ident) is not int:
                 raise self.bad(where, "has an operand without a value id")
@@ -126,7 +135,7 @@ class _PirWalk:
             raise self.bad(where, "has no list of results")
         for result in results:
             self.define(result, scopes[-1], where)
-        for attribute in (op.get("A") or []) + (op.get("OA") or []):
+        for attribute in self.listed(op, "A", where) + self.listed(op, "OA", where):
             self.attribute(attribute, where)
         if "regions" in op:
             self.regions(op["regions"], where, scopes, depth + 1)
@@ -152,7 +161,9 @@ class _PirWalk:
             if not isinstance(value, list):
                 raise self.bad(where, f"attribute {name} is an array without elements")
             for element in value:
-                inner = element.get("#", "") if isinstance(element, dict) else ""
+                inner = element.get("#") if isinstance(element, dict) else None
+                if not isinstance(inner, str):
+                    raise self.bad(where, f"attribute {name} has an element without a type")
                 if inner.split(".", 1)[-1] == "a_array":
                     raise self.bad(where, f"attribute {name} is an array of arrays, which no op takes")
                 self.attribute({"N": attribute.get("N"), "AT": element}, where)
