@@ -226,8 +226,8 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
         read = [options[k] for k in ("source", "ckpt", "onnx", "inputs", "labels")] + source_files(manifest)
         destination.check_file_destination(json_path, False, read, what="--json",
                                        replaceable=destination.verify_report, force_flag=None)
-    read = [options[k] for k in ("source", "ckpt", "onnx", "inputs")] + source_files(manifest) + [out_dir]
-    done = _run("verify", {"out_dir": out_dir, **options}, read, options["batch_size"] * side * side)
+    inputs = [options[k] for k in ("source", "ckpt", "onnx", "inputs")] + source_files(manifest) + [out_dir]
+    done = _run("verify", {"out_dir": out_dir, **options}, inputs, options["batch_size"] * side * side)
     if json_path is not None:
         text = json.dumps(done["report"], indent=2)
         if not to_file:
