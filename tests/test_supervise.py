@@ -76,7 +76,7 @@ def test_a_worker_killed_by_sigsegv_is_exit_3_with_a_clean_out(checkpoints, tmp_
 @pytest.mark.parametrize("fault, options, code, needle", [
     ("abort@describing", (), 3, "acnet-convert crashed (SIGABRT) while describing"),
     ("exit@describing", (), 3, "acnet-convert exited with status 7 while describing"),
-    ("hang@describing", ("--time-limit", "1"), 3, "acnet-convert went 1 s without progress while describing"),
+    ("hang@describing", ("--time-limit", "3"), 3, "acnet-convert went 3 s without progress while describing"),
     ("memory@describing", ("--memory-limit", "300"), 3, "more than the 300 MiB these inputs may take, while describing"),
     ("garbage@describing", (), 4, "internal error: the worker sent what is not a message while describing"),
 ])
@@ -269,7 +269,8 @@ def test_onnx_runtime_that_never_returns(small_out, tmp_path: Path, ending: str)
     the temporary folder was left. Now the time limit ends it (exit 3, naming ONNX Runtime and the
     file), and a signal ends it within a second."""
     model = loop_model(tmp_path / "loop.onnx", 32)
-    proc = start("-v", "--time-limit", "8", "verify", small_out, "--onnx", model, "--batches", "1", "--batch-size", "1",
+    # 15 s: longer than any step before ONNX Runtime runs takes on 2 busy cores (importing Paddle: up to 9 s)
+    proc = start("-v", "--time-limit", "15", "verify", small_out, "--onnx", model, "--batches", "1", "--batch-size", "1",
                  env=environment(tmp_path / "tmp"))
     running = _until_onnx_runs(proc, model)
     if ending == "SIGINT":
@@ -283,8 +284,8 @@ def test_onnx_runtime_that_never_returns(small_out, tmp_path: Path, ending: str)
     if ending == "SIGINT":
         assert code == 130 and lines[-1] == "interrupted" and took < 1.0, (code, lines[-3:], took)
     else:
-        assert code == 3 and 7.5 < took < 15, (code, took)
-        assert lines[-1] == (f"error: ONNX Runtime went 8 s without progress while running {model} "
+        assert code == 3 and 14.5 < took < 30, (code, took)
+        assert lines[-1] == (f"error: ONNX Runtime went 15 s without progress while running {model} "
                              "(--time-limit SECONDS raises the limit)")
     assert leftovers(tmp_path / "tmp") == []
 
