@@ -47,7 +47,7 @@ def test_real_processes_are_quiet(checkpoints, tmp_path: Path) -> None:
     out = tmp_path / "out"
     fuse = cli_run("fuse", checkpoints(18, "vars"), out, "--input-size", TEST_INPUT)
     assert fuse.returncode == 0, fuse.stderr
-    assert fuse.stdout.startswith(f"fused resnet18 ({NUM_CLASSES} classes): 17 branch sums and 4 conv+BN into 21 convs")
+    assert fuse.stdout.startswith(f"fused resnet18 ({NUM_CLASSES} classes): 17 branch sums, 4 conv+BN into 21 convs, each proven")
     export = cli_run("export-onnx", out)
     assert export.returncode == 0, export.stderr
     assert export.stdout.strip() == f"wrote {out / 'model.onnx'} (opset 17, batch dynamic, size {TEST_INPUT}x{TEST_INPUT}, float32)"
@@ -152,4 +152,4 @@ def test_progress_bar_on_a_terminal(checkpoints, tmp_path: Path) -> None:
         seen += chunk
     os.close(leader)
     assert proc.returncode == 0
-    assert b"fusing" in seen and b"21/21" in seen
+    assert b"folding" in seen and b"21/21" in seen

@@ -136,11 +136,10 @@ def fuse(ui: Output, source: Path, out: Path, **options: Any) -> None:
     what = done["arch"] or f"{printable(source)}"
     classes = f" ({done['num_classes']} classes)" if done["num_classes"] else ""
     ignored = f"; ignored {done['ignored']} non-weight variables" if done["kind"] == "checkpoint" else ""
-    declined = f"; left {done['declined']} sums as they are (see inspect)" if done["declined"] else ""
-    ui.result(
-        f"fused {what}{classes}: {counts['sum']} branch sums and {counts['conv_bn']} conv+BN into "
-        f"{counts['sum'] + counts['conv_bn']} convs{declined}{ignored}"
-    )
+    declined = f"; left {done['declined']} regions as they are (see inspect)" if done["declined"] else ""
+    kinds = ", ".join(f"{n} {label}" for n, label in ((counts["sum"], "branch sums"), (counts["chain"], "conv chains"),
+                                                      (counts["conv_bn"], "conv+BN")) if n)
+    ui.result(f"fused {what}{classes}: {kinds or 'nothing'} into {sum(counts.values())} convs, each proven{declined}{ignored}")
     program = Artifacts(out).program(done["format"])
     ui.result(f"deploy model: {printable(program)} (wrote {', '.join(done['files'])})")
 

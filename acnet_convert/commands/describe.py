@@ -31,8 +31,8 @@ def group_row(name: str, kind: str, branches: Iterable[Mapping[str, Any]], kerne
     per = channels_out * (channels_in // groups)
     train, labels = 0, []
     for b in branches:
-        if b["kind"] == "identity":
-            labels.append("identity")
+        if b["kind"] in ("identity", "pool"):
+            labels.append(b["kind"])
         else:
             bh, bw = b["kernel"]
             labels.append(f"{bh}x{bw}")
@@ -65,18 +65,13 @@ def plan_rows(plan: Any) -> list[dict[str, Any]]:
 
 
 def _manifest_rows(fused: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [group_row(r["name"], r["kind"], r["branches"], r["kernel"], r["stride"], r["groups"], r["in"], r["out"])
-            for r in fused]
-
-
-def _group_rows(graph: Any, groups: Iterable[Any]) -> list[dict[str, Any]]:
-    from acnet_convert.graph.summary import layer_name
-
+    """The layer table of fused rows (the manifest's, or made by `fused_rows` for a program)."""
     rows = []
-    for g in groups:
-        branches = [{"kind": b.kind, "kernel": b.kernel, "conv_bias": b.conv_bias, "bn": b.bn_params} for b in g.branches]
-        name = layer_name(g.branches[g.named_after].weight)
-        rows.append(group_row(name, g.kind, branches, g.kernel, g.stride, g.groups, g.in_per_group * g.groups, g.out_channels))
+    for r in fused:
+        row = group_row(r["name"], r["kind"], r["branches"], r["kernel"], r["stride"], r["groups"], r["in"], r["out"])
+        if "params_train" in r:  # regions say what they held (manifests before regions did not)
+            row.update(params_train=r["params_train"], params_deploy=r["params_deploy"])
+        rows.append(row)
     return rows
 
 
@@ -138,21 +133,21 @@ def describe_checkpoint(path: Path, input_size: int | None = None) -> dict[str, 
 
 
 def describe_program(path: Path, found: tuple[Path, Path], input_size: int | None = None) -> dict[str, Any]:
-    from acnet_convert.graph.summary import declined_rows, graph_totals
-    from acnet_convert.graph.patterns import find_groups
+    from acnet_convert.graph.reparam import deploy_graph, fold_graph
+    from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
     from acnet_convert.read.program import load_program
     from acnet_convert.read.program_reader import read_graph
-    from acnet_convert.graph.reparam import deploy_graph, fuse_graph
 
     program = load_program(*found)
     graph = read_graph(program)
-    groups, declined = find_groups(graph)
     problems: list[str] = []
     try:
-        deploy = deploy_graph(graph, fuse_graph(graph, groups))
+        folding = fold_graph(graph, allow_nonfinite=True, warn=problems.append)
+        deploy = deploy_graph(folding)
+        rows, declined = fused_rows(folding.graph, folding.fused), declined_rows(folding.graph, folding.declined)
     except ConvertError as err:
         problems.append(str(err))
-        deploy = None
+        deploy, rows, declined = None, [], []
     train_totals = graph_totals(graph)
     deploy_totals = graph_totals(deploy) if deploy is not None else {"params": None, "macs": None}
     totals = {"params_train": train_totals["params"], "params_deploy": deploy_totals["params"],
@@ -160,9 +155,9 @@ def describe_program(path: Path, found: tuple[Path, Path], input_size: int | Non
     shape = graph.tensors[graph.inputs[0]].shape if graph.inputs and graph.inputs[0] in graph.tensors else ()
     size = shape[-1] if len(shape) == 4 and shape[-1] > 0 else input_size
     return _report(
-        path, program.format, size, _group_rows(graph, groups), totals,
+        path, program.format, size, _manifest_rows(rows), totals,
         ops={"train": graph.op_counts(), "deploy": deploy.op_counts() if deploy is not None else {}},
-        declined=declined_rows(graph, declined),
+        declined=declined,
         problems=problems,
     )
 

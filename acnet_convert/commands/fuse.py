@@ -16,9 +16,10 @@ from acnet_convert.graph.ir import Graph
 from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
 from acnet_convert.out.destination import check_destination
 from acnet_convert.out.staging import staged_dir
-from acnet_convert.graph.patterns import Declined, Group, find_groups
+from acnet_convert.graph.collapse import Declined
+from acnet_convert.graph.regions import Region
 from acnet_convert.common.quiet import import_paddle
-from acnet_convert.graph.reparam import FusedConv, deploy_graph, fuse_graph
+from acnet_convert.graph.reparam import FusedConv, deploy_graph, fold_graph
 from acnet_convert.read.source import Source, open_source
 from acnet_convert.common.text import printable
 
@@ -38,9 +39,9 @@ class FuseResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Fused groups by kind: sums of branches, lone conv+BN folds."""
-        kinds = [f.group.kind for f in self.fused]
-        return {"sum": kinds.count("sum"), "conv_bn": kinds.count("conv_bn")}
+        """Fused convs by kind: sums of branches, chains of convs, one conv with its BN."""
+        kinds = [row["kind"] for row in self.manifest.fused]
+        return {kind: kinds.count(kind) for kind in ("sum", "chain", "conv_bn")}
 
 
 def _write_inference_config(artifacts: Artifacts, source: Source, input_size: int) -> None:
@@ -98,7 +99,7 @@ def fuse(
     paddle_format: str = "auto",
     dynamic_size: bool = False,
     reference_layout: bool = False,
-    track: Callable[[list[Group], str], Iterable[Group]] | None = None,
+    track: Callable[[list[Region], str], Iterable[Region]] | None = None,
     note: Callable[[str], None] = lambda _text: None,
     into: Path | None = None,
 ) -> FuseResult:
@@ -128,12 +129,12 @@ def fuse(
         input_size = fixed
 
     start = time.perf_counter()
-    groups, declined = find_groups(source.graph)
     train_ops, train_totals = source.graph.op_counts(), graph_totals(source.graph)
     # persistables/ keeps the 1x1 convs and BNs of the source: those weights stay
     release = None if reference_layout else source.release
-    fused = fuse_graph(source.graph, groups, allow_nonfinite, warnings.append, track, release=release)
-    deploy = deploy_graph(source.graph, fused)
+    folding = fold_graph(source.graph, allow_nonfinite, warnings.append, track, release=release)
+    fused, declined = folding.fused, folding.declined
+    deploy = deploy_graph(folding)
     deploy_totals = graph_totals(deploy)
     timings["fusion"] = time.perf_counter() - start
 
@@ -149,8 +150,8 @@ def fuse(
         arch=source.plan.arch if source.plan else None,
         num_classes=source.plan.num_classes if source.plan else None,
         ignored_variables=source.ignored,
-        fused=tuple(fused_rows(source.graph, fused)),
-        declined=tuple(declined_rows(source.graph, declined)),
+        fused=tuple(fused_rows(folding.graph, fused)),
+        declined=tuple(declined_rows(folding.graph, declined)),
         ops={"train": train_ops, "deploy": deploy.op_counts()},
         totals={"params_train": train_totals["params"], "params_deploy": deploy_totals["params"],
                 "macs_train": train_totals["macs"], "macs_deploy": deploy_totals["macs"]},
@@ -167,7 +168,7 @@ def fuse(
         artifacts = Artifacts(stage)
         try:
             with phase("editing the program of", source.path, PADDLE):
-                apply_fusion(source.program, source.graph, fused)
+                apply_fusion(source.program, folding)
             with phase("saving the deploy model of", source.path, PADDLE):
                 save_program(source.program, artifacts.prefix)
             timings["paddle"] = time.perf_counter() - start

@@ -1,7 +1,8 @@
-"""Re-parameterise a graph: ask the fusion for each group's kernel and bias, name them, and
-derive the deploy graph (the timm pattern: one walker, the arithmetic in `fusion`).
+"""Re-parameterise a graph: constant folding, then every affine region collapsed into proven
+convs (`collapse`), each fused conv named, cast once, checked, and the deploy graph derived
+(the timm pattern: one walker; the arithmetic lives in `fold`).
 
-Names: a fused conv is named after its largest branch's weight, its bias after that weight
+Names: a fused conv is named after its largest conv's weight, its bias after that weight
 (`X_weights` -> `X_bias`, `X.w_0` -> `X.b_0`, `X.weight` -> `X.bias`), so the ResNet-ACNet
 family gets the reference deploy names (`NAME_acsquare_weights` + `NAME_acsquare_bias`,
 `NAME_weights` + `NAME_bias`). A name still read by an op that stays gets a `.fused` suffix.
@@ -9,37 +10,48 @@ family gets the reference deploy names (`NAME_acsquare_weights` + `NAME_acsquare
 from __future__ import annotations
 
 import re
-from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 import numpy as np
 
 from acnet_convert.common.errors import ConvertError
-from acnet_convert.fold.fusion import BatchNorm, fold_bn, identity_kernel, sum_branches
-from acnet_convert.graph.ir import Graph, Node, TensorInfo
-from acnet_convert.graph.patterns import Branch, Group
 from acnet_convert.common.text import printable
+from acnet_convert.graph.affine_ops import Known
+from acnet_convert.graph.collapse import Add, Collapse, Declined, solve
+from acnet_convert.graph.constants import fold_constants
+from acnet_convert.graph.ir import Graph, Node, TensorInfo
+from acnet_convert.graph.prove import Prover
+from acnet_convert.graph.regions import Region, fields, find_regions
 
 
 @dataclass(frozen=True)
 class FusedConv:
-    group: Group
+    collapse: Collapse
     weight: str
     bias: str
     kernel: np.ndarray  # cast to the deploy dtype
     bias_value: np.ndarray
+    source_weight: str  # the largest conv's weight, which names it
 
     def node(self) -> Node:
-        """The deploy graph's conv2d node: reads the group's input, writes its output."""
-        g = self.group
-        return Node(
-            "conv2d",
-            (g.input, self.weight, self.bias),
-            (g.output,),
-            {"strides": list(g.stride), "paddings": list(g.padding), "padding_algorithm": "EXPLICIT",
-             "dilations": list(g.dilation), "groups": g.groups, "data_format": "NCHW"},
-        )
+        """The deploy graph's conv2d node: reads the collapse's input, writes its output."""
+        c = self.collapse.conv
+        return Node("conv2d", (self.collapse.input, self.weight, self.bias), (self.collapse.output,),
+                    {"strides": list(c.stride), "paddings": list(c.padding), "padding_algorithm": "EXPLICIT",
+                     "dilations": list(c.dilation), "groups": c.groups, "data_format": "NCHW"})
+
+
+@dataclass
+class Folding:
+    """What `fold_graph` made: the graph it folded (constants folded), the fused convs, the
+    adds left of partial sums, and what was declined."""
+
+    graph: Graph
+    fused: list[FusedConv] = field(default_factory=list)
+    adds: list[Add] = field(default_factory=list)
+    removed: set[int] = field(default_factory=set)
+    declined: list[Declined] = field(default_factory=list)
 
 
 _BIAS_SUFFIXES = ((r"_weights$", "_bias"), (r"_weight$", "_bias"), (r"\.w_(\d+)$", r".b_\1"), (r"\.weight$", ".bias"))
@@ -61,50 +73,24 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def kept_parameters(graph: Graph, groups: Iterable[Group]) -> set[str]:
-    """Parameters still read once the groups' nodes are gone."""
-    removed = {i for g in groups for i in g.nodes}
-    kept: set[str] = set()
-    for i, node in enumerate(graph.nodes):
-        if i not in removed:
-            kept.update(t for t in node.tensor_inputs() if graph.is_parameter(t))
-    return kept
+def _largest_weight(graph: Graph, collapse: Collapse) -> str:
+    """The weight of the largest conv (the first of equals); a fold of pools alone is named
+    after what it writes."""
+    convs = [(int(np.prod(graph.weights[n.inputs[1]].shape[2:])), -i, n.inputs[1])
+             for i in collapse.nodes for n in [graph.nodes[i]] if n.op == "conv2d" and n.inputs[1] in graph.weights]
+    return max(convs)[2] if convs else f"{collapse.output}.w_0"  # type: ignore[return-value]
 
 
-def _bn(graph: Graph, branch: Branch) -> BatchNorm:
-    scale, offset, mean, variance = branch.bn_params
-    return BatchNorm(
-        gamma=None if scale is None else graph.weights[scale],
-        beta=None if offset is None else graph.weights[offset],
-        mean=graph.weights[mean],
-        variance=graph.weights[variance],
-        epsilon=branch.epsilon,
-    )
-
-
-def fuse_group(graph: Graph, group: Group) -> tuple[np.ndarray, np.ndarray]:
-    """The float64 (kernel, bias) of one group."""
-    terms = []
-    for branch in group.branches:
-        bn = _bn(graph, branch)
-        if branch.kind == "identity":
-            kernel = identity_kernel(group.out_channels, group.in_per_group)
-        else:
-            kernel = graph.weights[branch.weight]  # type: ignore[index]
-        bias = None if branch.conv_bias is None else graph.weights[branch.conv_bias]
-        terms.append((*fold_bn(kernel, bn, bias), branch.offset))
-    return sum_branches(terms, group.kernel)
-
-
-def _check_inputs(graph: Graph, group: Group, allow_nonfinite: bool, warn: Callable[[str], None], kernels: bool) -> None:
-    """Dtypes, negative variances and NaN/Inf in the BN vectors; the (large) kernels are scanned
-    only when `kernels`: a non-finite kernel always makes the fused kernel non-finite, so they
-    are looked at only to name the culprit."""
-    for branch in group.branches:
-        names = (branch.weight, branch.conv_bias, *branch.bn_params) if kernels else (branch.conv_bias, *branch.bn_params)
+def _check_inputs(graph: Graph, nodes: Iterable[int], allow_nonfinite: bool, warn: Callable[[str], None],
+                  kernels: bool) -> None:
+    """Dtypes, negative variances and NaN/Inf in what a collapse reads; conv kernels (large)
+    only when `kernels`: a non-finite kernel makes the fused one non-finite, so they are looked
+    at only to name the culprit."""
+    for i in nodes:
+        node = graph.nodes[i]
+        names = [t for k, t in enumerate(node.inputs) if isinstance(t, str) and t in graph.weights
+                 and (kernels or not (node.op == "conv2d" and k == 1))]
         for name in names:
-            if name is None:
-                continue
             array = graph.weights[name]
             if not np.issubdtype(array.dtype, np.floating):
                 raise ConvertError(f"tensor {printable(name)} has dtype {array.dtype}, expected a float type")
@@ -113,84 +99,115 @@ def _check_inputs(graph: Graph, group: Group, allow_nonfinite: bool, warn: Calla
                 if not allow_nonfinite:
                     raise ConvertError(message + " (pass --allow-nonfinite to convert anyway)")
                 warn(message)
-        variance = graph.weights[branch.bn_params[3]]
-        if (np.asarray(variance) < 0).any():
-            raise ConvertError(f"tensor {printable(branch.bn_params[3])} holds a negative running variance")
+        if node.op == "batch_norm" and isinstance(node.inputs[2], str) and (np.asarray(graph.weights[node.inputs[2]]) < 0).any():
+            raise ConvertError(f"tensor {printable(node.inputs[2])} holds a negative running variance")
 
 
-def fuse_graph(
+def _deploy_dtype(graph: Graph, name: str) -> np.dtype:
+    info = graph.tensors.get(name)
+    dtype = np.dtype(info.dtype) if info is not None and info.dtype in ("float32", "float16", "float64") else graph.weights[name].dtype
+    return np.dtype(np.float32) if dtype == np.float64 and info is None else dtype
+
+
+def fold_graph(
     graph: Graph,
-    groups: list[Group],
     allow_nonfinite: bool = False,
     warn: Callable[[str], None] = lambda _text: None,
-    track: Callable[[list[Group], str], Iterable[Group]] | None = None,
+    track: Callable[[list[Region], str], Iterable[Region]] | None = None,
     release: Callable[[str], None] | None = None,
-) -> list[FusedConv]:
-    """Every group's fused conv, named, computed in float64 and cast once to the dtype of the
-    weight it is named after. A NaN/Inf input, or a fused tensor that is not finite after the
-    cast (finite weights can overflow float32 when a BN variance is tiny), is an error naming
-    the tensor, or a warning with `allow_nonfinite`. `release(name)` is called for each train
-    weight once the last group reading it is fused and nothing else reads it (the caller may
-    drop it: the train and the fused weights then never all sit in memory at once)."""
-    kept = kept_parameters(graph, groups)
-    consumed = {id(group): _consumed(graph, group) - kept for group in groups}
-    taken = kept | (set(graph.weights) - set().union(*consumed.values()))
-    readers = Counter(name for names in consumed.values() for name in names)
-    fused = []
-    for group in track(groups, "fusing") if track else groups:
-        _check_inputs(graph, group, allow_nonfinite, warn, kernels=False)
-        source = group.branches[group.named_after].weight
-        weight = _unique(source, taken)  # type: ignore[arg-type]
-        bias = _unique(bias_name(source), taken)  # type: ignore[arg-type]
-        kernel64, bias64 = fuse_group(graph, group)
-        dtype = graph.weights[source].dtype  # type: ignore[index]
-        kernel, bias_value = kernel64.astype(dtype), bias64.astype(dtype)
-        del kernel64, bias64
-        for name, array in ((weight, kernel), (bias, bias_value)):
-            if np.isfinite(array).all():
-                continue
-            _check_inputs(graph, group, allow_nonfinite, warn, kernels=True)  # names a NaN/Inf input
-            message = f"fused tensor {printable(name)} (from {printable(source)}) is not finite in {dtype}"
-            if allow_nonfinite and not all(np.isfinite(graph.weights[b.weight]).all() for b in group.branches if b.weight):
-                continue  # the input was named above
-            if not allow_nonfinite:
-                raise ConvertError(f"{message}: a branch's running variance is near zero or its weights are huge "
-                                   "(pass --allow-nonfinite to write it anyway)")
-            warn(message)
-        fused.append(FusedConv(group, weight, bias, kernel, bias_value))
-        if release is not None:
-            for name in consumed[id(group)]:
-                readers[name] -= 1
-                if not readers[name]:
-                    release(name)
-    return fused
+) -> Folding:
+    """Fold `graph` (see module doc). Every fused tensor is computed in float64 and cast once
+    to the dtype of the weight it is named after; a NaN/Inf input, or a fused tensor that is
+    not finite after the cast, is an error naming the tensor (a warning with
+    `allow_nonfinite`). `release(name)` is called for each train weight once nothing left
+    reads it (the caller may drop it: train and fused weights are then never all in memory)."""
+    graph = fold_constants(graph)
+    known = Known(graph, fields(graph))
+    result = Folding(graph)
+    regions, near_misses = find_regions(graph)
+    prover = Prover(graph)
+    result.declined += [Declined(m.node, graph.nodes[m.node].outputs[0], m.reason) for m in near_misses]
+    for region in track(regions, "folding") if track else regions:
+        solution = solve(graph, known, region, prover)
+        result.declined += solution.declined
+        if not solution.collapses:
+            continue
+        result.adds += solution.adds
+        result.removed |= solution.removed
+        for collapse in solution.collapses:
+            _check_inputs(graph, collapse.nodes, allow_nonfinite, warn, kernels=False)
+            result.fused.append(_fused(graph, collapse, allow_nonfinite, warn))
+    _name(graph, result)
+    if release is not None:
+        kept = {t for i, n in enumerate(graph.nodes) if i not in result.removed for t in n.tensor_inputs()}
+        for name in {t for f in result.fused for i in f.collapse.nodes for t in graph.nodes[i].tensor_inputs()}:
+            if name in graph.weights and name not in kept:
+                release(name)
+    return result
 
 
-def _consumed(graph: Graph, group: Group) -> set[str]:
-    return {t for i in group.nodes for t in graph.nodes[i].tensor_inputs() if graph.is_parameter(t)}
+def _fused(graph: Graph, collapse: Collapse, allow_nonfinite: bool, warn: Callable[[str], None]) -> FusedConv:
+    source = _largest_weight(graph, collapse)
+    dtype = _deploy_dtype(graph, source) if source in graph.weights else np.dtype(np.float32)
+    kernel, bias_value = collapse.conv.kernel.astype(dtype), collapse.conv.bias.astype(dtype)
+    for what, array in (("kernel", kernel), ("bias", bias_value)):
+        if np.isfinite(array).all():
+            continue
+        _check_inputs(graph, collapse.nodes, allow_nonfinite, warn, kernels=True)  # names a NaN/Inf input
+        message = f"the fused {what} of {printable(source)} is not finite in {dtype}"
+        if not allow_nonfinite:
+            raise ConvertError(f"{message}: a running variance is near zero or weights are huge "
+                               "(pass --allow-nonfinite to write it anyway)")
+        warn(message)
+    return FusedConv(collapse, "", "", kernel, bias_value, source)
 
 
-def deploy_graph(graph: Graph, fused: list[FusedConv]) -> Graph:
-    """`graph` with each group's nodes replaced by its fused conv (placed where the group's
-    last node was) and the weights that no remaining node reads dropped."""
-    at_root = {f.group.nodes[-1]: f for f in fused}
-    removed = {i for f in fused for i in f.group.nodes}
-    nodes = []
+def _name(graph: Graph, result: Folding) -> None:
+    """Weight and bias names for every fused conv (the largest conv's weight names it)."""
+    removed = result.removed
+    kept = {t for i, n in enumerate(graph.nodes) if i not in removed for t in n.tensor_inputs()}
+    taken = kept | (set(graph.weights) - {t for f in result.fused for i in f.collapse.nodes
+                                          for t in graph.nodes[i].tensor_inputs()})
+    for k, f in enumerate(result.fused):
+        weight = _unique(f.source_weight, taken)
+        bias = _unique(bias_name(f.source_weight), taken)
+        result.fused[k] = replace(f, weight=weight, bias=bias)
+
+
+def deploy_graph(folding: Folding) -> Graph:
+    """The folded graph with each collapse's nodes replaced by its conv (where its last node
+    was) and the adds of partial sums (where the sum was); weights nothing reads dropped, the
+    float64 weights of constant folding cast to their declared dtype."""
+    graph = folding.graph
+    at: dict[int, list[Node]] = {}
+    for f in folding.fused:
+        at.setdefault(max(f.collapse.nodes), []).append(f.node())
+    producers = graph.producers()
+    for add in folding.adds:
+        # an add goes where its sum was: after every node whose output it reads
+        position = max(producers.get(t, -1) for t in (*add.terms, add.output) if t in producers)
+        at.setdefault(position, []).append(Node("add", add.terms, (add.output,)))
+    nodes: list[Node] = []
     for i, node in enumerate(graph.nodes):
-        if i in at_root:
-            nodes.append(at_root[i].node())
-        elif i not in removed:
+        if i not in folding.removed:
             nodes.append(node)
+        nodes.extend(at.get(i, []))
     weights = {}
     for node in nodes:
         for name in node.tensor_inputs():
             if name in graph.weights:
-                weights[name] = graph.weights[name]
-    for f in fused:
+                array = graph.weights[name]
+                weights[name] = array.astype(_deploy_dtype(graph, name)) if array.dtype == np.float64 else array
+    tensors = dict(graph.tensors)
+    for f in folding.fused:
         weights[f.weight] = f.kernel
         weights[f.bias] = f.bias_value
-    tensors = dict(graph.tensors)
-    for f in fused:
         tensors[f.weight] = TensorInfo(f.kernel.shape, str(f.kernel.dtype))
         tensors[f.bias] = TensorInfo(f.bias_value.shape, str(f.bias_value.dtype))
+        region_out = graph.tensors.get(f.collapse.region)
+        if f.collapse.output not in tensors and region_out is not None:
+            tensors[f.collapse.output] = region_out
+    for add in folding.adds:
+        if add.output not in tensors and add.terms[1] in tensors:
+            tensors[add.output] = tensors[add.terms[1]]
     return replace(graph, nodes=nodes, tensors=tensors, weights=weights).pruned()

@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 
 from acnet_convert.common.errors import ConvertError
-from acnet_convert.graph.ir import Graph
 from acnet_convert.read.program import Program, static_mode
 from acnet_convert.common.quiet import silenced
-from acnet_convert.graph.reparam import FusedConv
+from acnet_convert.graph.reparam import Folding
 from acnet_convert.common.text import one_line
 
 
@@ -41,37 +40,52 @@ def add_parameter(paddle: Any, source: Program, name: str, array: np.ndarray) ->
     return value
 
 
-def apply_fusion(source: Program, graph: Graph, fused: list[FusedConv]) -> None:
-    """Edit `source.program` in place: every group becomes its fused conv. `graph` must be the
-    graph read from `source` (its node origins are positions in `source.ops`)."""
+def apply_fusion(source: Program, folding: Folding) -> None:
+    """Edit `source.program` in place: every collapse becomes its fused conv, every partial sum
+    its adds (node origins are positions in `source.ops`). Kept nodes whose inputs constant
+    folding rewired keep their source operands: the program computes the same."""
     import paddle.nn.functional as F
 
+    graph = folding.graph
     ops = source.ops
     block = source.program.global_block()
     made: dict[str, Any] = {}
     with static_mode() as paddle, paddle.static.scope_guard(source.scope), \
             paddle.static.program_guard(source.program, paddle.static.Program()):
-        for f in fused:
-            group = f.group
+        for f in folding.fused:
+            c = f.collapse
             weight = add_parameter(paddle, source, f.weight, f.kernel)
             bias = add_parameter(paddle, source, f.bias, f.bias_value)
-            root = ops[source.values[group.output][0]]
+            root = ops[graph.nodes[max(c.nodes)].origin[0]]
             paddle.pir.set_insertion_point(root)
-            top, bottom, left, right = group.padding
-            y = F.conv2d(
-                _value(source, ops, group.input, made), weight, bias, stride=list(group.stride),
-                padding=[top, bottom, left, right], dilation=list(group.dilation), groups=group.groups,
-            )
-            _value(source, ops, group.output, made).replace_all_uses_with(y)
-            made[group.output] = y
-            for i in group.nodes:  # another BN may read this one's running statistics (the reader
-                if graph.nodes[i].op == "batch_norm":  # took them for its parameters): keep it reading them
-                    bn = ops[graph.nodes[i].origin[0]]
-                    for k in (1, 2):
-                        bn.result(k).replace_all_uses_with(bn.operand_source(k))
-            positions = sorted({p for i in group.nodes for p in graph.nodes[i].origin}, reverse=True)
-            for position in positions:
-                block.remove_op(ops[position])
+            top, bottom, left, right = c.conv.padding
+            y = F.conv2d(_value(source, ops, c.input, made), weight, bias, stride=list(c.conv.stride),
+                         padding=[top, bottom, left, right], dilation=list(c.conv.dilation), groups=c.conv.groups)
+            if c.output in source.values:
+                _value(source, ops, c.output, made).replace_all_uses_with(y)
+            made[c.output] = y
+        for add in folding.adds:
+            root = ops[source.values[add.output][0]] if add.output in source.values else None
+            if root is not None:
+                paddle.pir.set_insertion_point(root)
+            y = paddle.add(_value(source, ops, add.terms[0], made), _value(source, ops, add.terms[1], made))
+            if add.output in source.values:
+                _value(source, ops, add.output, made).replace_all_uses_with(y)
+            made[add.output] = y
+        for i in sorted(folding.removed):  # another BN may read this one's running statistics (the
+            if graph.nodes[i].op == "batch_norm":  # reader took them for its parameters): keep it reading them
+                bn = ops[graph.nodes[i].origin[0]]
+                for k in (1, 2):
+                    bn.result(k).replace_all_uses_with(bn.operand_source(k))
+        # what no longer feeds an output goes: the collapsed ops, identities, folded constants
+        for op in reversed(list(block.ops)):
+            if op.name() in _KEPT_OPS or op.num_regions() > 0:
+                continue
+            if all(op.result(i).use_empty() for i in range(op.num_results())):
+                block.remove_op(op)
+
+
+_KEPT_OPS = frozenset({"builtin.parameter", "pd_op.data", "pd_op.feed", "pd_op.fetch"})
 
 
 def save_program(source: Program, prefix: Path) -> Path:

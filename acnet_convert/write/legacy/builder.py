@@ -13,6 +13,10 @@ from acnet_convert.common.text import printable
 from acnet_convert.graph.ir import Graph, Input, Node, unique_name
 from acnet_convert.read.lod_tensor import VAR_TYPES
 
+# ops that make constants: the writer folds their values into attributes, or makes them with
+# fill_constant / assign_value where an op reads them at run time
+CONSTANT_OPS = ("full", "full_int_array", "assign_value")
+
 
 @dataclass(frozen=True)
 class LegacyOp:
@@ -54,6 +58,8 @@ class LegacyBuilder:
         self.taken = set(graph.tensors) | set(graph.weights) | {n for node in graph.nodes for n in node.outputs}
         self.names = self._output_names()
         self.made_constants: set[str] = set()
+        # known values an op of the graph computes (folded shapes, bounds): that op makes them
+        self.translated = {t for n in graph.nodes if n.op not in CONSTANT_OPS for t in n.outputs}
 
     def _output_names(self) -> dict[str, str]:
         """Graph outputs take the program's names for them (what the PIR predictor calls its
@@ -84,7 +90,7 @@ class LegacyBuilder:
             raise self.fail("an operand the translation needs is missing")
         if item in self.graph.weights:
             self.parameters[item] = self.graph.weights[item]
-        elif item in self.graph.constants and item not in self.made_constants:
+        elif item in self.graph.constants and item not in self.made_constants and item not in self.translated:
             self._constant(item, self.graph.constants[item])
         return self.name(item)
 

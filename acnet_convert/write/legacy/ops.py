@@ -15,12 +15,11 @@ from acnet_convert.graph.ir import Node
 from acnet_convert.read.lod_tensor import VAR_TYPES
 from acnet_convert.common.text import printable
 
+from acnet_convert.write.legacy.builder import CONSTANT_OPS
+
 if TYPE_CHECKING:
     from acnet_convert.write.legacy.builder import LegacyBuilder
 
-# ops that make constants: the writer folds their values into attributes, or makes them with
-# fill_constant / assign_value where an op reads them at run time
-CONSTANT_OPS = ("full", "full_int_array", "assign_value")
 
 Handler = Callable[["LegacyBuilder", Node], None]
 REGISTRY: Registry[Handler] = Registry()

@@ -32,7 +32,8 @@ from acnet_convert.graph.ir import Graph
 from acnet_convert.out.artifacts import Artifacts
 from acnet_convert.read.lod_tensor import serialized_size
 from acnet_convert.write.legacy.builder import LegacyBuilder, LegacyProgram
-from acnet_convert.write.legacy.ops import CONSTANT_OPS, HANDLERS, supported_ops
+from acnet_convert.write.legacy.builder import CONSTANT_OPS
+from acnet_convert.write.legacy.ops import HANDLERS, supported_ops
 
 
 # ----------------------------------------------------------------------------------------------
