@@ -186,28 +186,30 @@ def _fused_row_problem(row: dict[str, Any]) -> str | None:
     for key in ("name", "input", "output"):
         if not isinstance(row.get(key), str):
             return f"{key} must be a string"
-    if row.get("kind") not in ("sum", "conv_bn"):
-        return "kind must be sum or conv_bn"
+    if row.get("kind") not in ("sum", "chain", "conv_bn"):
+        return "kind must be sum, chain or conv_bn"
     for key, length, low in (("kernel", 2, 1), ("stride", 2, 1), ("dilation", 2, 1), ("padding", (2, 4), 0)):
         if not _ints(row.get(key), length, low, MAX_SIDE):
             return f"{key} must be a list of integers from {low} to {MAX_SIDE}"
     for key in ("groups", "in", "out"):
         if type(row.get(key)) is not int or not 1 <= row[key] <= MAX_DIM:
             return f"{key} must be an integer from 1 to {MAX_DIM}"
+    if "params_train" in row and not all(type(row.get(k)) is int and row[k] >= 0 for k in ("params_train", "params_deploy")):
+        return "params_train and params_deploy must be counts"
     tensors = row.get("deploy_tensors")
     if not isinstance(tensors, list) or len(tensors) != 2 or not all(isinstance(t, str) for t in tensors):
         return "deploy_tensors must be the names of a weight and a bias"
     branches = row.get("branches")
-    if not isinstance(branches, list) or not 1 <= len(branches) <= 1024:
-        return "branches must be a list of 1 to 1024 branches"
+    if not isinstance(branches, list) or len(branches) > 4096:
+        return "branches must be a list of at most 4096 branches"
     for branch in branches:
-        if not isinstance(branch, dict) or branch.get("kind") not in ("conv", "identity"):
-            return "every branch must be a conv or identity object"
+        if not isinstance(branch, dict) or branch.get("kind") not in ("conv", "identity", "pool"):
+            return "every branch must be a conv, identity or pool object"
         if branch["kind"] == "conv" and not _ints(branch.get("kernel"), 2, 1, MAX_SIDE):
             return f"a conv branch's kernel must be a list of integers from 1 to {MAX_SIDE}"
-        bn = branch.get("bn")
-        if bn is not None and not (isinstance(bn, list) and len(bn) == 4):
-            return "a branch's bn must list its scale, offset, mean and variance"
+        bn = branch.get("bn")  # manifests before issue 18 name each branch's BN
+        if bn is not None and not (isinstance(bn, list) and len(bn) >= 2):
+            return "a branch's bn must list its scale and offset (and statistics)"
     return None
 
 
