@@ -5,15 +5,23 @@ BIN := $(VENV)/bin
 DEMO_CKPT ?= fixtures/demo/resnet18_acnet
 DEMO_OUT ?= build/resnet18_deploy
 
-.PHONY: install demo test bench clean
+.PHONY: install install-test demo test bench clean
 
+# the package and what it runs on (Paddle, onnx, ONNX Runtime): what `make demo` needs
 $(BIN)/acnet-convert: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# and the test extras (pytest, hypothesis, OpenVINO, torch, ...), at the versions the suite pins
+$(VENV)/.test-extras: $(BIN)/acnet-convert
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 install: $(BIN)/acnet-convert
+
+install-test: $(VENV)/.test-extras
 
 # trained on small images to be quick: the weights do not depend on the input size
 $(DEMO_CKPT): | install
@@ -23,12 +31,11 @@ demo: install $(DEMO_CKPT)
 	mkdir -p $(dir $(DEMO_OUT))
 	$(BIN)/acnet-convert fuse $(DEMO_CKPT) $(DEMO_OUT) --onnx --force
 	$(BIN)/acnet-convert verify $(DEMO_OUT)
-	@echo "deploy model: $(DEMO_OUT)/inference.json + inference.pdiparams (ONNX: $(DEMO_OUT)/model.onnx)"
 
-test: install
+test: install-test
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: install-test
 	$(BIN)/python bench/run_all.py
 
 clean:

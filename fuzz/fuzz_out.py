@@ -55,7 +55,9 @@ def seeds() -> dict[str, bytes]:
     return {
         "manifest": json.dumps(_manifest()).encode(),
         "manifest_no_fused": json.dumps({**_manifest(), "fused": []}).encode(),
+        "manifest_hw": json.dumps({**_manifest(), "input_size": [48, 160]}).encode(),
         "inference_yml": config.encode(),
+        "inference_yml_hw": render(DeployConfig(default_preprocess((48, 160)), None, "ocr")).encode(),
         "inference_yml_expression": config.replace("0.00392157", "1.0/255.0").encode(),
         "paddleclas": b"Global:\n  use_gpu: True\nPreProcess:\n  transform_ops:\n    - ResizeImage:\n        resize_short: 256"
                       b"\n    - CropImage:\n        size: 224\n    - NormalizeImage:\n        scale: 1.0/255.0\n"
@@ -83,6 +85,8 @@ def TestOneInput(data: bytes) -> None:
             _manifest_rows(manifest.fused)  # inspect's table: every row it reads is there, typed
             for row in manifest.fused:
                 weight, bias = row["deploy_tensors"]  # verify --per-layer's unpacking
+            if not all(1 <= side <= MAX_SIDE for side in manifest.input_hw):
+                raise AssertionError(f"input size {manifest.input_hw} beyond the budget")
             for record in manifest.inputs:
                 if len(record.shape) == 4 and any(d > MAX_SIDE for d in record.shape[2:]):
                     raise AssertionError(f"input shape {record.shape} beyond the budget")
@@ -96,7 +100,12 @@ def TestOneInput(data: bytes) -> None:
         _check_error(err, CONFIG)
         return
     p = config.preprocess
-    if not (1 <= p.crop <= MAX_SIDE and p.crop <= p.resize_short <= 2 * MAX_SIDE):
+    crop_ok = all(1 <= side <= MAX_SIDE for side in p.crop)
+    if p.resize is not None:  # the whole image to (H, W), then a crop no larger
+        resize_ok = p.resize_short is None and all(c <= r <= MAX_SIDE for c, r in zip(p.crop, p.resize))
+    else:
+        resize_ok = p.resize_short is not None and max(p.crop) <= p.resize_short <= 2 * MAX_SIDE
+    if not (crop_ok and resize_ok):
         raise AssertionError(f"sizes beyond the budget: {p}")
     if not all(math.isfinite(v) for v in (p.scale, *p.mean, *p.std)):
         raise AssertionError(f"a number that is not finite: {p}")

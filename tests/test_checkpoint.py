@@ -47,7 +47,7 @@ def test_missing_checkpoint(tmp_path):
 
 def test_checkpoint_is_a_file(tmp_path):
     p = write(tmp_path / "model.pdopt", pickle.dumps({"w": W}))
-    with pytest.raises(ConvertError, match="is a file, expected a checkpoint directory, a .pdparams file or its prefix") as e:
+    with pytest.raises(ConvertError, match=r"is a file, expected a train-form inference model \(PREFIX.json or PREFIX.pdmodel.*a \.pdparams file or its prefix") as e:
         read_checkpoint(p)
     assert str(p) in str(e.value)
 

@@ -59,7 +59,7 @@ def test_checkpoint_report(checkpoints) -> None:
     report = inspect_json(ckpt)
 
     assert {"format", "arch", "num_classes", "input_size", "layers", "totals", "ops", "declined", "ignored", "problems"} <= set(report)
-    assert (report["arch"], report["num_classes"], report["input_size"]) == ("resnet18", NUM_CLASSES, 224)
+    assert (report["arch"], report["num_classes"], report["input_size"]) == ("resnet18", NUM_CLASSES, [224, 224])
     assert report["problems"] == []
     assert all(set(row) == LAYER_KEYS for row in report["layers"])
     assert set(report["totals"]) == TOTAL_KEYS
@@ -69,7 +69,7 @@ def test_checkpoint_report(checkpoints) -> None:
     assert len(kinds) == 22 and kinds[-1] == "fc"
     assert kinds.count("sum") == 17 and kinds.count("conv_bn") == 4
     assert report["layers"][0] == {
-        "name": "conv1", "kind": "sum", "branches": ["7x7", "7x1", "1x7"], "kernel": "7x7", "stride": "2",
+        "name": "conv1", "kind": "sum", "branches": ["7x7", "7x1", "1x7"], "kernel": [7, 7], "stride": [2, 2],
         "groups": 1, "in": 3, "out": 64,
         "params_train": 64 * 3 * (49 + 7 + 7) + 3 * 2 * 64, "params_deploy": 64 * 3 * 49 + 64,
     }
@@ -103,13 +103,13 @@ def test_deploy_params_equal_the_fused_weights_on_disk(checkpoints, fused, tmp_p
     assert report["ops"]["deploy"].get("batch_norm", 0) == 0 and report["ops"]["train"]["batch_norm"] == 55
     assert [row["name"] for row in report["layers"]] == [row["name"] for row in from_checkpoint["layers"][:-1]]
     assert (report["format"], report["arch"], report["num_classes"]) == ("fuse-output", "resnet18", NUM_CLASSES)
-    assert report["input_size"] == TEST_INPUT  # from the manifest
+    assert report["input_size"] == [TEST_INPUT, TEST_INPUT]  # from the manifest
     assert report["problems"] == []
     files = {f["name"]: f["bytes"] for f in report["files"]}
     assert files["deploy.pdparams"] == (out / "deploy.pdparams").stat().st_size
     assert {"manifest.json", "inference.pdiparams"} <= set(files)
     bigger = inspect_json(out, "--input-size", str(2 * TEST_INPUT))
-    assert bigger["input_size"] == 2 * TEST_INPUT
+    assert bigger["input_size"] == [2 * TEST_INPUT, 2 * TEST_INPUT]
     assert bigger["totals"]["macs_deploy"] == pytest.approx(4 * report["totals"]["macs_deploy"], rel=0.05)
 
     partial = tmp_path / "partial"
@@ -205,3 +205,25 @@ def test_program_report_names_groups_and_declined_sums(cnn_models) -> None:
     assert any("different strides" in d["reason"] for d in negative["declined"])
     text = run(cnn_models("neg_strides")).stdout
     assert "sums left as they are: 1" in text and "different strides" in text
+
+
+def test_inspect_json_follows_the_readme_schema(checkpoints, fused, cnn_models) -> None:  # noqa: F811
+    """Every key of a checkpoint's, an OUT's and a program's report is in the README's schema;
+    kernels, strides and the input size are [H, W] ints, every count an int."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("`inspect --json` schema", 1)[1].split("```", 2)[1]
+    documented = set(re.findall(r'"([a-z0-9_]+)":', block))
+    for path in (checkpoints(18, "vars"), fused(18, "vars"), cnn_models("repvgg")):
+        report = inspect_json(path)
+        keys = set(report) | {k for row in report["layers"] for k in row} | set(report["totals"])
+        keys |= {k for d in report["declined"] for k in d} | set(report.get("source") or {})
+        keys |= {k for f in report.get("files", []) for k in f}
+        assert keys <= documented, keys - documented
+        size = report["input_size"]
+        assert size is None or (len(size) == 2 and all(type(v) is int for v in size))
+        for row in report["layers"]:
+            for key in ("kernel", "stride"):
+                assert row[key] is None or (len(row[key]) == 2 and all(type(v) is int for v in row[key])), row
+            assert all(type(row[k]) is int for k in ("in", "out", "params_train", "params_deploy"))

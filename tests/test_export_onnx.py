@@ -110,7 +110,8 @@ def test_fp16_export_keeps_float32_inputs_and_outputs_and_agrees(fused, images, 
     assert {i.data_type for i in model.graph.initializer if i.name in conv_weights} == {onnx.TensorProto.FLOAT16}
     half, full = run_onnx(path, images), run_paddle(out, images)
     # float16 keeps 11 significant bits: ~1e-3 relative per op, a few 1e-3 of the scale at the end
-    assert np.abs(half - full).max() < 2e-2 * _scale(full)
+    # (measured on ResNet-18 at 64: 2.6e-3..2.9e-3 on four batches)
+    assert np.abs(half - full).max() < 5e-3 * _scale(full)
     assert (half.argmax(1) == full.argmax(1)).all()
 
 

@@ -54,7 +54,7 @@ def test_outputs_and_manifest(fused, checkpoints) -> None:
         "deploy.pdparams", "inference.json", "inference.pdiparams", "inference.pdmodel", "inference.yml", "manifest.json"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["arch"] == "resnet18" and manifest["num_classes"] == NUM_CLASSES
-    assert manifest["input_size"] == TEST_INPUT
+    assert manifest["input_size"] == [TEST_INPUT, TEST_INPUT]
     assert manifest["source"]["path"] == str(checkpoints(18, "vars").resolve())
     assert len(manifest["source"]["sha256"]) == 64
     assert manifest["ignored_variables"] > 0  # the Momentum velocities and the learning rate

@@ -17,7 +17,7 @@ from PIL import Image
 from acnet_convert.out.artifacts import Artifacts
 from acnet_convert.cli import cli
 from acnet_convert.out.deploy_config import Preprocess, default_preprocess, write_inference_config
-from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.errors import ConvertError, UsageError
 from acnet_convert.verify.images import Batches, ImageSet, load_image, read_labels
 from acnet_convert.commands.verify import verify
 from tests.conftest import NUM_CLASSES, TEST_INPUT
@@ -240,7 +240,7 @@ def test_verify_images_reports_accuracy_and_skips_corrupt_files(out18_images, tm
     s = report["image_set"]
     assert (s["found"], s["read"], s["skipped"], s["labelled"]) == (10, 9, 1, 9)
     assert s["skipped_files"][0]["name"] == "class_2/broken.jpg" and s["skipped_files"][0]["error"]
-    assert s["preprocess"]["from"] == "inference.yml" and s["preprocess"]["crop"] == TEST_INPUT
+    assert s["preprocess"]["from"] == "inference.yml" and s["preprocess"]["crop"] == [TEST_INPUT, TEST_INPUT]
     accuracy = s["accuracy"]
     assert set(accuracy) == {"train", "paddle-deploy", "paddle-legacy", "onnx"}  # fuse writes both formats
     assert len({(a["top1"], a["top5"]) for a in accuracy.values()}) == 1  # the same images right in every graph
@@ -270,11 +270,17 @@ def test_verify_images_with_labels_and_flag_overrides(out18_images, tmp_path) ->
     assert set(report.to_json()["image_set"]["accuracy"]) == {"train", "paddle-deploy", "paddle-legacy", "onnx"}
 
 
-def test_verify_images_refuses_a_crop_the_model_cannot_take(out18_images, tmp_path) -> None:
-    image_folder(tmp_path / "imgs", classes=1, per_class=1)
-    with pytest.raises(ConvertError, match="crop size is 96, but the deploy model takes 64x64"):
-        verify(out18_images, images=tmp_path / "imgs", crop=96)
-    with pytest.raises(ConvertError, match="--labels goes with --images"):
+def test_verify_images_at_any_crop_the_models_take(out18_images, tmp_path) -> None:
+    """A checkpoint's ResNet takes any size: --crop 72x88 runs the Paddle models there; OUT's
+    model.onnx, fixed at 64x64, is left out with a note (named with --onnx, it is an error)."""
+    image_folder(tmp_path / "imgs", classes=1, per_class=2)
+    report = verify(out18_images, images=tmp_path / "imgs", crop=(72, 88))
+    assert report.ok and report.sizes == [(72, 88, 2)] and report.image_set.preprocess.crop == (72, 88)
+    assert {g for g, _ in report.graphs} == {"train", "paddle-deploy", "paddle-legacy"}
+    assert any("takes input [N, 3, 64, 64]; verify feeds [N, 3, 72, 88]: not compared" in n for n in report.notes)
+    with pytest.raises(ConvertError, match=r"takes input \[N, 3, 64, 64\]; verify feeds \[N, 3, 72, 88\]"):
+        verify(out18_images, images=tmp_path / "imgs", crop=(72, 88), onnx=out18_images / "model.onnx")
+    with pytest.raises(UsageError, match="--labels goes with --images"):
         verify(out18_images, labels=tmp_path / "labels.txt")
 
 
@@ -295,3 +301,22 @@ def test_verify_images_per_layer_checks_the_first_batch(out18_images, tmp_path) 
     report = verify(broken, images=tmp_path / "imgs", batch_size=2, per_layer=True)
     assert not report.ok and report.per_layer_images == 2
     assert [layer.name for layer in report.layers if not layer.passed] == [PERTURBED_LAYER]
+
+
+def test_per_layer_uses_the_first_batch_that_holds_a_readable_image(out18_images, tmp_path) -> None:
+    """The first batch's two files are both unreadable: --per-layer takes the next batch (it
+    used to stop: "the first batch of images could not be read"); the bad files are named."""
+    root = tmp_path / "imgs"
+    for name in ("a0.jpg", "a1.png"):  # sorted first: the whole first batch of 2
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    for i in range(3):
+        photo(root / f"b{i}.jpg", (90, 80), seed=i)
+    report = verify(out18_images, images=root, batch_size=2, per_layer=True)
+    assert report.ok and report.images == 3 and report.per_layer_images == 2
+    assert [name for name, _ in report.image_set.skipped] == ["a0.jpg", "a1.png"]
+    assert all("not an image Pillow can read" in why for _, why in report.image_set.skipped)  # not a file object
+    for name in ("b0.jpg", "b1.jpg", "b2.jpg"):
+        (root / name).unlink()
+    with pytest.raises(ConvertError, match="--per-layer: no image could be read"):
+        verify(out18_images, images=root, batch_size=2, per_layer=True)

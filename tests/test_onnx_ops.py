@@ -514,8 +514,8 @@ def test_opset_forms_of_every_family(exported, opset):
 def test_fp16(exported):
     """float16 weights and activations, float32 at the borders. Tolerance: float16 keeps 11
     significant bits (rounding up to 2^-11 = 4.9e-4 relative per operation); with ~10 rounded
-    operations per path and sums over 27..144 terms the bound is 5e-3 x max(1, |y|) (measured:
-    2e-4), with identical top-1."""
+    operations per path and sums over 27..144 terms the bound is 5e-3 x max(1, |y|); measured
+    2.0e-4..2.1e-4 on four batches, so the test holds it to 5e-4, with identical top-1."""
     graph = graph_of(exported, "Net")
     model = build_onnx(graph, fp16=True)
     onnx.checker.check_model(model, full_check=True)
@@ -524,6 +524,6 @@ def test_fp16(exported):
     assert {t.data_type for t in model.graph.initializer if t.name in graph.weights} == {onnx.TensorProto.FLOAT16}
     x = images(8)
     got, want = run_onnx(model, x)[0], run_paddle(exported["Net"], x)[0]
-    assert_matches([got], [want], tol=5e-3)
+    assert_matches([got], [want], tol=5e-4)
     assert (got.argmax(1) == want.argmax(1)).all()
     assert errors([got], [want])[0] > TOL  # it really computes in float16

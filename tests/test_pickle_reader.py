@@ -171,6 +171,38 @@ def test_pickle_malicious_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
 
 
+def test_the_allow_list_is_pinned_and_holds_stand_ins_only():
+    """The globals a .pdparams may name, exactly; each maps to a stand-in of paddle_pickle (or its
+    ndarray marker), never to a real callable such as copyreg._reconstructor, which would build
+    any object a pickle names."""
+    from acnet_convert.read import paddle_pickle
+
+    assert set(paddle_pickle.ADMITTED) == {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+        ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode"),
+        ("collections", "OrderedDict"), ("builtins", "tuple"), ("builtins", "eval"),
+    }
+    assert paddle_pickle.PY2_NAMES == {("__builtin__", "tuple"): ("builtins", "tuple"),
+                                       ("__builtin__", "eval"): ("builtins", "eval"),
+                                       ("copy_reg", "OrderedDict"): ("collections", "OrderedDict")}
+    for key, stand_in in paddle_pickle.ADMITTED.items():
+        owner = stand_in if callable(stand_in) else type(stand_in)
+        assert owner.__module__ == paddle_pickle.__name__, key
+
+
+@pytest.mark.parametrize("proto", [1, 2, 4])
+def test_copyreg_reconstructor_is_refused_by_name(tmp_path, proto):
+    """copyreg._reconstructor (copy_reg in protocols < 3) rebuilds instances of any class: a
+    pickle that names it is refused before anything is built."""
+    import copyreg
+
+    data = pickle.dumps({"w": _Reduce(copyreg._reconstructor, (OrderedDict, dict, {}))}, protocol=proto)
+    name = "copy_reg" if proto < 3 else "copyreg"
+    with pytest.raises(ConvertError, match=rf"references {name}\._reconstructor \(only numpy arrays"):
+        load_pickle(_ck(tmp_path, data))
+
+
 def _dtype_state(byteorder: bytes) -> bytes:
     return (b"(K\x03X\x01\x00\x00\x00" + byteorder
             + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")

@@ -82,6 +82,41 @@ def test_dense_output_has_no_postprocess_and_few_classes_cap_topk(tmp_path) -> N
     assert parse_inference_config(render(DeployConfig(custom, 10))).preprocess == custom
 
 
+def test_a_model_that_is_not_square_is_fed_resized_to_its_size(tmp_path) -> None:
+    """A 48x160 model (a text recogniser): the whole image resized to 48x160, PaddleClas's
+    ResizeImage size [W, H], no crop; image_shape [3, H, W]."""
+    path = write_inference_config(Artifacts(tmp_path), input_size=(48, 160), num_classes=None)
+    data = parse_yaml(path.read_text())
+    ops = data["PreProcess"]["transform_ops"]
+    assert [next(iter(op)) for op in ops] == ["ResizeImage", "NormalizeImage", "ToCHWImage"]
+    assert ops[0]["ResizeImage"] == {"size": [160, 48]} and data["Global"]["image_shape"] == [3, 48, 160]
+    config = read_inference_config(Artifacts(tmp_path))
+    assert config.preprocess == default_preprocess((48, 160))
+    assert config.preprocess.resize == (48, 160) and config.preprocess.crop == (48, 160)
+    # a non-square crop after a short-side resize is CropImage [W, H], as PaddleClas reads it
+    crop = Preprocess(resize_short=200, crop=(120, 180))
+    text = render(DeployConfig(crop, 10))
+    assert "size: [180, 120]" in text and parse_inference_config(text).preprocess == crop
+
+
+def test_crop_flag_scales_the_resize_with_it() -> None:
+    assert default_preprocess(224).with_crop(160) == Preprocess(resize_short=183, crop=160)
+    assert default_preprocess(224).with_crop((97, 161)).resize_short == 184  # 161 * 256 / 224
+    assert default_preprocess((48, 160)).with_crop((32, 100)) == Preprocess(resize_short=None, resize=(32, 100),
+                                                                             crop=(32, 100))
+
+
+def test_config_errors_name_the_file_once() -> None:
+    text = PADDLECLAS.replace("resize_short: 256", "resize_short: -3")
+    with pytest.raises(ConvertError) as caught:
+        parse_inference_config(text, "OUT/inference.yml")
+    assert str(caught.value).count("OUT/inference.yml") == 1
+    text = PADDLECLAS.replace("resize_short: 256", "resize_short: 100")  # below the crop: Preprocess's own check
+    with pytest.raises(ConvertError) as caught:
+        parse_inference_config(text, "OUT/inference.yml")
+    assert str(caught.value).startswith("OUT/inference.yml: preprocessing: the short side (100)")
+
+
 def test_no_config_is_none(tmp_path) -> None:
     assert read_inference_config(Artifacts(tmp_path)) is None
 
@@ -89,8 +124,10 @@ def test_no_config_is_none(tmp_path) -> None:
 @pytest.mark.parametrize("text,needle", [
     ("Global:\n  a: 1\n", "PreProcess.transform_ops is missing"),
     ("PreProcess:\n  transform_ops:\n    - RandCropImage:\n        size: 3\n", "RandCropImage is not supported"),
-    ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        size: 3\n    - CropImage:\n        size: 2\n"
-     "    - NormalizeImage:\n", "must give resize_short"),
+    ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        interpolation: bilinear\n    - CropImage:\n"
+     "        size: 2\n    - NormalizeImage:\n", "must give resize_short .the short side. or size"),
+    ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        size: [40, 30]\n    - CropImage:\n"
+     "        size: [41, 20]\n    - NormalizeImage:\n", "the crop 20x41 is larger than the resized image 30x40"),
     ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        resize_short: 256\n    - CropImage:\n        size: -2\n"
      "    - NormalizeImage:\n", "CropImage.size must be an integer from 1 to 8192"),
     ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        resize_short: 256\n    - CropImage:\n        size: 224\n"

@@ -23,7 +23,7 @@ import pytest
 
 from acnet_convert.out.artifacts import Artifacts
 from acnet_convert.commands.verify import verify
-from acnet_convert.verify.verdict import FP16_RTOL, PairStats, compare, tolerance_ratio
+from acnet_convert.verify.verdict import FP16_RTOL, PairStats, compare
 from fixtures.cnn_models import MODELS
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 
@@ -99,7 +99,7 @@ def test_fp16_pairs_get_the_fp16_tolerance() -> None:
 def _report(pairs):
     from acnet_convert.verify.report import SourceInfo, VerifyReport
 
-    return VerifyReport(device="cpu", arch=None, num_classes=None, input_size=32, images=4, inputs="random",
+    return VerifyReport(device="cpu", arch=None, num_classes=None, sizes=[(32, 32, 4)], images=4, inputs="random",
                         atol=1e-4, rtol=1e-5, source=SourceInfo("m", "program", "0" * 64, True), graphs=[],
                         pairs=pairs, mismatched_tensors=[])
 
@@ -122,10 +122,6 @@ def test_rounding_is_suggested_only_when_every_runtime_is_as_far_from_the_train_
                         compare(train, onnx, ("train", "onnx"), 1e-4, 1e-5),
                         compare(deploy, onnx, ("paddle-deploy", "onnx"), 1e-4, 1e-5)])
     assert "judge the fusion with --rtol" in (rounding.rounding_remark() or "")
-
-def test_tolerance_ratio_edges() -> None:
-    ratio = tolerance_ratio(np.array([0.0, 1.0, np.nan]), np.array([0.0, 0.0, 1.0]), 0.0, 0.0)
-    assert list(ratio) == [0.0, np.inf, np.inf]
 
 
 # ------------------------------------------------------------------------------------------
@@ -205,7 +201,7 @@ def biased(fused, checkpoints):
     out = fused(18, "vars", legacy_bias=True, onnx=True)
     artifacts = Artifacts(out)
     manifest = artifacts.read_manifest()
-    source = open_source(checkpoints(18, "vars", legacy_bias=True), input_size=manifest.input_size)
+    source = open_source(checkpoints(18, "vars", legacy_bias=True), input_size=manifest.input_hw)
     return out, list(manifest.fused), artifacts.load_deploy_weights(), dict(source.graph.weights)
 
 
@@ -276,6 +272,34 @@ def test_one_tap_of_one_filter_is_masked_at_the_logits_but_named_per_layer(biase
     assert "note: group res3a_branch2b diverges" in report.format_table()
 
 
+def shift_conv_padding(program: Path, weight: str, paddings: list[int]) -> None:
+    """Rewrite, in a PIR inference.json, the paddings of the conv that reads parameter `weight`
+    (its weights stay right: only the geometry the deploy program runs differs from the manifest)."""
+    data = json.loads(program.read_text())
+    ops = data["program"]["regions"][0]["blocks"][0]["ops"]
+    value = next(op["O"]["%"] for op in ops if op["#"] == "p" and op["A"][3] == weight)
+    conv = next(op for op in ops if op["#"] == "1.conv2d" and op["I"][1]["%"] == value)
+    attr = next(a for a in conv["A"] if a["N"] == "paddings")
+    attr["AT"]["D"] = [{"#": "0.a_i32", "D": p} for p in paddings]
+    program.write_text(json.dumps(data))
+
+
+def test_a_deploy_conv_with_another_padding_than_the_manifest_is_named_per_layer(biased, tmp_path) -> None:
+    """paddle-deploy's fused conv of LAYER pads [0, 2, 0, 2] where the manifest (and the fusion)
+    say 1 on every side: same output shape, shifted taps. Per layer recomputes each group from
+    the manifest, so only its check of the deploy conv's geometry can name the group."""
+    out = Path(shutil.copytree(biased[0], tmp_path / "out"))
+    row = next(r for r in biased[1] if r["name"] == LAYER)
+    shift_conv_padding(out / "inference.json", row["deploy_tensors"][0], [0, 2, 0, 2])
+    report = verify(out, batch_size=2, batches=1, per_layer=True)
+    by_pair = {(p.a, p.b): p for p in report.pairs}
+    assert not by_pair[("train", "paddle-deploy")].passed and by_pair[("train", "paddle-legacy")].passed
+    assert report.first_divergent_layer == LAYER
+    layer = next(layer for layer in report.layers if layer.name == LAYER)
+    assert layer.why == "the deploy conv's padding is (0, 2, 0, 2), the manifest says (1, 1, 1, 1)"
+    assert sum(not layer.passed for layer in report.layers) == 1
+
+
 # ------------------------------------------------------------------------------------------
 # correct conversions
 
@@ -341,8 +365,8 @@ def test_deep_resnets_at_224_pass(tmp_path, depth: int, calibrate: bool) -> None
 
     fuse(_dygraph_checkpoint(depth, tmp_path / "ckpt", calibrate), tmp_path / "out", input_size=224, onnx=True,
          paddle_format="pir")
-    report = verify(tmp_path / "out", batch_size=2, batches=1)
-    assert report.images == 2 and report.input_size == 224 and len(report.pairs) == 3
+    report = verify(tmp_path / "out", batch_size=2, batches=1, second_size=False)  # conditioning, not sizes
+    assert report.images == 2 and report.sizes == [(224, 224, 2)] and len(report.pairs) == 3
     assert report.noise_floor is not None and report.noise_floor < 1e-3
     if calibrate:
         assert any("noise floor" in note for note in report.notes), report.notes

@@ -19,9 +19,11 @@ try:
 
     from acnet_convert.cli.endings import handled, say
     from acnet_convert.cli.options import (ARCH_CHOICES, BATCH_SIZE, BATCHES, INPUT_SIZE, MEMORY_LIMIT, NUM_CLASSES,
-                                           SEED, TIME_LIMIT, TOLERANCE, fuse_output_files, source_files, three_floats)
+                                           SEED, SIZE, TIME_LIMIT, TOLERANCE, fuse_output_files, source_files,
+                                           three_floats)
     from acnet_convert.cli.output import Output
     from acnet_convert.common.budgets import BATCH_PIXELS, TOTAL_PIXELS, check_verify_budget
+    from acnet_convert.common.sizes import as_size, size_text
     from acnet_convert.common.text import printable
     from acnet_convert.out import destination, staging
     from acnet_convert.out.artifacts import ONNX_MODEL, Artifacts
@@ -43,7 +45,7 @@ def _run(command: str, options: dict[str, Any], inputs: list[Path | None] = (), 
 
 
 def _plain(value: Any) -> Any:
-    """Options as JSON values: paths as strings, tuples as lists."""
+    """Options as JSON values: paths as strings, tuples (sizes, R,G,B) as lists."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -91,8 +93,9 @@ def cli(ctx: click.Context, verbose: bool, quiet_mode: bool, time_limit: int, me
               help="Architecture; auto detects it from the tensor names.")
 @click.option("--num-classes", type=NUM_CLASSES, default=None,
               help="Class count; default: read from fc_0.b_0.")
-@click.option("--input-size", type=INPUT_SIZE, default=224, show_default=True,
-              help="Height and width of the deploy model's input.")
+@click.option("--input-size", type=SIZE, default=None,
+              help="N or HxW, each side 32..8192: the input size where the model leaves it open (default "
+                   "224; a program exported for one size keeps it).")
 @click.option("--onnx", "with_onnx", is_flag=True, help="Also write OUT/model.onnx.")
 @click.option("--dynamic-size", is_flag=True, help="With --onnx: height and width symbolic (any input size).")
 @click.option("--paddle-format", type=click.Choice(["auto", "pir", "legacy", "both"]), default="auto", show_default=True,
@@ -132,14 +135,7 @@ def fuse(ui: Output, source: Path, out: Path, **options: Any) -> None:
         staging.close_stage(stage)
     for warning in done["warnings"]:
         ui.note(f"warning: {printable(warning, 400)}")
-    counts = done["counts"]
-    what = done["arch"] or f"{printable(source)}"
-    classes = f" ({done['num_classes']} classes)" if done["num_classes"] else ""
-    ignored = f"; ignored {done['ignored']} non-weight variables" if done["kind"] == "checkpoint" else ""
-    declined = f"; left {done['declined']} regions as they are (see inspect)" if done["declined"] else ""
-    kinds = ", ".join(f"{n} {label}" for n, label in ((counts["sum"], "branch sums"), (counts["chain"], "conv chains"),
-                                                      (counts["conv_bn"], "conv+BN")) if n)
-    ui.result(f"fused {what}{classes}: {kinds or 'nothing'} into {sum(counts.values())} convs, each proven{declined}{ignored}")
+    ui.result(done["summary"])
     program = Artifacts(out).program(done["format"])
     ui.result(f"deploy model: {printable(program)} (wrote {', '.join(done['files'])})")
 
@@ -175,7 +171,7 @@ def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **o
     if done["fp16"]:
         share = done["underflow"] / done["values"] if done["values"] else 0.0
         ui.result(f"float16: {done['underflow']} of {done['values']} weight values underflow to zero ({share:.2%})")
-    size = "dynamic" if options["dynamic_size"] else f"{manifest.input_size}x{manifest.input_size}"
+    size = "dynamic" if options["dynamic_size"] else size_text(manifest.input_hw)
     ui.result(f"wrote {printable(target)} (opset {done['opset']}, batch {'1' if options['static_batch'] else 'dynamic'}, "
               f"size {size}, {'float16' if done['fp16'] else 'float32'})")
 
@@ -203,11 +199,14 @@ def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **o
 @click.option("--labels", type=click.Path(path_type=Path), default=None,
               help="With --images: 'name index' lines giving each image's class.")
 @click.option("--resize-short", type=INPUT_SIZE, default=None, help="With --images: short side before the crop.")
-@click.option("--crop", type=INPUT_SIZE, default=None, help="With --images: centre crop size.")
+@click.option("--crop", type=SIZE, default=None, help="With --images: centre crop, N or HxW.")
 @click.option("--mean", default=None, callback=three_floats, help="With --images: R,G,B mean (of x / 255).")
 @click.option("--std", default=None, callback=three_floats, help="With --images: R,G,B std (of x / 255).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
 @click.option("--per-layer", is_flag=True, help="Also check every fused group alone and name the first that diverges.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="For an OUT fused with --allow-nonfinite: read the source's NaN/Inf weights, and count outputs "
+                   "that are NaN or Inf in both graphs alike as equal.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the report as JSON ('-' for stdout).")
 @click.pass_obj
@@ -218,15 +217,15 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
     1 when not."""
     manifest = Artifacts(out_dir).read_manifest()
     streamed = options["inputs"] is not None or options["images"] is not None
-    side = options["crop"] or manifest.input_size
-    check_verify_budget(side, side, options["batch_size"], options["batches"], streamed)
+    height, width = as_size(options["crop"] or manifest.input_hw)
+    check_verify_budget((height, width), options["batch_size"], options["batches"], streamed)
     to_file = json_path is not None and str(json_path) != "-"
     if to_file:  # before the run, not after it
         read = [options[k] for k in ("source", "ckpt", "onnx", "inputs", "labels")] + source_files(manifest)
         destination.check_file_destination(json_path, False, read, what="--json",
                                        replaceable=destination.verify_report, force_flag=None)
     inputs = [options[k] for k in ("source", "ckpt", "onnx", "inputs")] + source_files(manifest) + [out_dir]
-    done = _run("verify", {"out_dir": out_dir, **options}, inputs, options["batch_size"] * side * side)
+    done = _run("verify", {"out_dir": out_dir, **options}, inputs, options["batch_size"] * height * width)
     if json_path is not None:
         text = json.dumps(done["report"], indent=2)
         if not to_file:
@@ -234,18 +233,19 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
         else:
             staging.write_file(json_path, (text + "\n").encode(), replace=True, what="--json", check=destination.verify_report)
     if str(json_path) != "-":
-        ui.result(done["table"])
+        ui.result(done["table"])  # the table, then its verdict line
+        ui.verdict(done["verdict"], always=not done["ok"])
     return 0 if done["ok"] else 1
 
 
 @cli.command()
 @click.argument("path", metavar="SOURCE|OUT", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--input-size", type=INPUT_SIZE, default=None,
-              help="For multiply-add counts; default: the model's or the manifest's, else 224.")
+@click.option("--input-size", type=SIZE, default=None,
+              help="N or HxW, for multiply-add counts; default: the model's or the manifest's, else 224.")
 @click.pass_obj
 @handled
-def inspect(ui: Output, path: Path, as_json: bool, input_size: int | None) -> None:
+def inspect(ui: Output, path: Path, as_json: bool, input_size: tuple[int, int] | None) -> None:
     """Describe a SOURCE or a fuse output: what folds (each group by kind), the sums left as
     they are and why, ops by type, parameter and multiply-add totals of the train and deploy
     graphs. Checkpoints and OUT folders are read without Paddle; a program needs it."""

@@ -1,5 +1,6 @@
-"""How a command ends: every outcome becomes at most one line on stderr and the contract's exit
-code (0 success, 1 mismatch, 3 bad input, 4 internal error, 130/143 interrupted, 141 pipe closed).
+"""How a command ends: every outcome becomes at most one line on stderr (with, for some errors,
+a listing wrapped under it) and the contract's exit code (0 success, 1 mismatch, 2 usage, 3 bad
+input, 4 internal error, 130/143 interrupted, 141 pipe closed).
 The work's own failures come from the worker already said (`supervise.ChildFailed`); this
 process's own (the checks before the work, the commit after it) are said the same way
 (`common.failures`)."""
@@ -26,6 +27,13 @@ def say(line: str) -> None:
     """One line on stderr, escaped; nothing if stderr itself is gone."""
     with contextlib.suppress(OSError, ValueError):
         click.echo(printable(line, LINE), err=True)
+
+
+def _say_lines(text: str) -> None:
+    """A failure's line, and the wrapped listing under it (`common.failures`: each line of it
+    made printable there, so a newline here is one the failure put)."""
+    for line in text.split("\n"):
+        say(line)
 
 
 def _stdout_closed() -> int:
@@ -60,6 +68,7 @@ def handled(command: Callable[..., int | None]) -> Callable[..., None]:
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except BaseException as err:  # noqa: BLE001 - every ending gets its line and code
+            ui.end_line()
             code = _ending(err, ui.verbose)
         sys.exit(code)
 
@@ -75,7 +84,7 @@ def _ending(err: BaseException, verbose: bool) -> int:
     if isinstance(err, ChildFailed):
         if verbose:
             _traceback(err.traceback)
-        say(err.line)
+        _say_lines(err.line)
         return err.code
     if isinstance(err, BrokenPipeError):
         return _stdout_closed()
@@ -83,6 +92,6 @@ def _ending(err: BaseException, verbose: bool) -> int:
         told = failure(err, verbose)
         if verbose:
             _traceback(told.traceback)
-        say(told.line)
+        _say_lines(told.line)
         return told.code
     raise err  # SystemExit and the like: not ours to translate

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from acnet_convert.common.budgets import MAX_SIDE
+from acnet_convert.common.errors import UsageError
+from acnet_convert.common.sizes import MAX_SIZE, MIN_SIZE, parse_size
 from acnet_convert.out import destination
 from acnet_convert.out.artifacts import ONNX_MODEL
 
@@ -22,10 +23,26 @@ class _FiniteFloat(click.FloatRange):
         return result
 
 
+class _Size(click.ParamType):
+    """N or HxW (height x width), each side in MIN_SIZE..MAX_SIZE: (H, W)."""
+
+    name = "N|HxW"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_size(value, param.opts[0] if param else "size")
+        except UsageError as err:
+            self.fail(str(err).split(": ", 1)[-1], param, ctx)
+
+
 ARCH_CHOICES = ["auto", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
-# What Paddle and memory can honour (`common.budgets`, where every other way in is checked too).
-INPUT_SIZE = click.IntRange(32, MAX_SIDE)
+# What Paddle and memory can honour (`common.sizes`, `common.budgets`, where every other way in
+# is checked too).
+INPUT_SIZE = click.IntRange(MIN_SIZE, MAX_SIZE)
+SIZE = _Size()
 NUM_CLASSES = click.IntRange(1, 1 << 24)
 BATCH_SIZE = click.IntRange(1, 4096)
 BATCHES = click.IntRange(1, 100_000)
@@ -33,6 +50,8 @@ SEED = click.IntRange(0, 2**32 - 1)
 TOLERANCE = _FiniteFloat(0.0, 1e6)
 TIME_LIMIT = click.IntRange(1, 10**7)  # seconds
 MEMORY_LIMIT = click.IntRange(64, 1 << 30)  # MiB
+
+
 def fuse_output_files(out_dir: Path) -> list[Path]:
     """The files of OUT that export-onnx and verify read (and must not overwrite)."""
     return [out_dir / name for name in sorted(destination.fuse_file_names() - {ONNX_MODEL})]

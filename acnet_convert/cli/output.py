@@ -2,6 +2,7 @@
 The worker's notes and progress come here as they arrive (`supervise.child.Listener`)."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -10,6 +11,14 @@ import click
 from acnet_convert.common.text import printable, printable_lines
 
 LINE = 2000  # characters of one printed line (an error naming a few paths)
+# verify's last line on a terminal (not with NO_COLOR, https://no-color.org)
+VERDICT_COLOURS = {"MATCH": "green", "MISMATCH": "red", "INCONCLUSIVE": "yellow"}
+
+
+def use_colour(stream: object) -> bool:
+    """Colour for a terminal, unless NO_COLOR is set (to anything but the empty string)."""
+    isatty = getattr(stream, "isatty", None)
+    return not os.environ.get("NO_COLOR") and bool(isatty and isatty())
 
 
 class Output:
@@ -19,6 +28,7 @@ class Output:
         self.quiet = quiet_mode
         self.verbose = verbose
         self._bar: Any = None
+        self.bar_open = False  # a progress bar is drawn on stderr's current line
 
     def result(self, text: str) -> None:
         """A result on stdout. A block keeps its lines; no other control character passes."""
@@ -34,6 +44,14 @@ class Output:
     def warning(self, text: str) -> None:
         self.note(f"warning: {text}")
 
+    def verdict(self, word: str, always: bool = False) -> None:
+        """verify's last line (MATCH, MISMATCH, INCONCLUSIVE), coloured on a terminal; `always`
+        prints it under -q too (a mismatch must not pass in silence)."""
+        if self.quiet and not always:
+            return
+        colour = VERDICT_COLOURS.get(word) if use_colour(sys.stdout) else None
+        click.echo(click.style(word, fg=colour, bold=True) if colour else printable(word), color=bool(colour))
+
     def progress(self, label: str, total: int) -> None:
         """A progress bar of `total` steps on a terminal; nothing when piped or quiet."""
         self.finish()
@@ -42,6 +60,7 @@ class Output:
         self._bar = click.progressbar(length=max(total, 0) or None, label=printable(label, 60), file=sys.stderr,
                                       show_pos=True)
         self._bar.__enter__()
+        self.bar_open = True
 
     def advance(self, steps: int) -> None:
         if self._bar is not None:
@@ -59,7 +78,18 @@ class Output:
                       f"{limit / (1 << 20):,.0f} MiB limit")
 
     def finish(self) -> None:
-        """End the progress bar on screen, if one is showing."""
+        """End the progress bar on screen, if one is showing (click ends its line)."""
         bar, self._bar = self._bar, None
+        self.bar_open = False
         if bar is not None:
             bar.__exit__(None, None, None)
+
+    def end_line(self) -> None:
+        """End the progress bar's line, if one is drawn, so that what follows (an error, the
+        interruption) starts a line of its own."""
+        drawn = self.bar_open
+        if self._bar is not None:
+            self.finish()
+        elif drawn:
+            self.bar_open = False
+            click.echo("", err=True)

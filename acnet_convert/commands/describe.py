@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from acnet_convert.out.artifacts import MANIFEST, Artifacts
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.sizes import SizeLike, as_size, size_text
 from acnet_convert.common.text import printable
 
 DEFAULT_INPUT_SIZE = 224
@@ -40,7 +41,7 @@ def group_row(name: str, kind: str, branches: Iterable[Mapping[str, Any]], kerne
         scale, offset = (b.get("bn") or [None, None])[:2]
         train += channels_out * ((scale is not None) + (offset is not None))
     return {
-        "name": name, "kind": kind, "branches": labels, "kernel": f"{kh}x{kw}", "stride": "x".join(map(str, stride)) if len(set(stride)) > 1 else str(list(stride)[0]),
+        "name": name, "kind": kind, "branches": labels, "kernel": [int(kh), int(kw)], "stride": [int(s) for s in stride],
         "groups": groups, "in": channels_in, "out": channels_out, "params_train": train, "params_deploy": per * kh * kw + channels_out,
     }
 
@@ -79,11 +80,12 @@ def _manifest_rows(fused: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 # the three kinds of path
 
 
-def describe(path: Path | str, input_size: int | None = None) -> dict[str, Any]:
-    """The report (keys: path, format, arch, num_classes, input_size, layers (ROW_KEYS), totals
+def describe(path: Path | str, input_size: SizeLike | None = None) -> dict[str, Any]:
+    """The report, `inspect --json` (README: its schema): path, format, arch, num_classes,
+    input_size ([H, W] or None), layers (ROW_KEYS; kernel and stride [H, W] ints), totals
     (params_train, params_deploy, macs_train, macs_deploy; None where unknown), ops (train and
     deploy op counts, or None), declined (op, reason), ignored, ignored_count, problems; for an
-    OUT also files and source)."""
+    OUT also files and source."""
     path = Path(path)
     if not path.exists() and not any(Path(f"{path}{s}").exists() for s in (".json", ".pdmodel", ".pdparams")):
         raise ConvertError(f"{printable(path)} does not exist")
@@ -97,16 +99,17 @@ def describe(path: Path | str, input_size: int | None = None) -> dict[str, Any]:
     return describe_checkpoint(path, input_size)
 
 
-def _report(path: Path, fmt: str, input_size: int | None, rows: list[dict[str, Any]], totals: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def _report(path: Path, fmt: str, input_size: SizeLike | None, rows: list[dict[str, Any]], totals: dict[str, Any], **extra: Any) -> dict[str, Any]:
     report = {
-        "path": str(path), "format": fmt, "arch": None, "num_classes": None, "input_size": input_size,
+        "path": str(path), "format": fmt, "arch": None, "num_classes": None,
+        "input_size": None if input_size is None else list(as_size(input_size)),
         "layers": rows, "totals": totals, "ops": None, "declined": [], "ignored": [], "ignored_count": 0, "problems": [],
     }
     report.update(extra)
     return report
 
 
-def describe_checkpoint(path: Path, input_size: int | None = None) -> dict[str, Any]:
+def describe_checkpoint(path: Path, input_size: SizeLike | None = None) -> dict[str, Any]:
     # imported here: describing an OUT folder needs neither numpy nor the readers
     from acnet_convert.read.checkpoint import read_checkpoint
     from acnet_convert.nn.plan import FC_BIAS, FC_WEIGHT
@@ -132,7 +135,7 @@ def describe_checkpoint(path: Path, input_size: int | None = None) -> dict[str, 
                    ignored=sorted(checkpoint.ignored), ignored_count=len(checkpoint.ignored), problems=problems)
 
 
-def describe_program(path: Path, found: tuple[Path, Path], input_size: int | None = None) -> dict[str, Any]:
+def describe_program(path: Path, found: tuple[Path, Path], input_size: SizeLike | None = None) -> dict[str, Any]:
     from acnet_convert.graph.reparam import deploy_graph, fold_graph
     from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
     from acnet_convert.read.program import load_program
@@ -153,7 +156,7 @@ def describe_program(path: Path, found: tuple[Path, Path], input_size: int | Non
     totals = {"params_train": train_totals["params"], "params_deploy": deploy_totals["params"],
               "macs_train": train_totals["macs"], "macs_deploy": deploy_totals["macs"]}
     shape = graph.tensors[graph.inputs[0]].shape if graph.inputs and graph.inputs[0] in graph.tensors else ()
-    size = shape[-1] if len(shape) == 4 and shape[-1] > 0 else input_size
+    size = tuple(shape[2:]) if len(shape) == 4 and min(shape[2:]) > 0 else input_size
     return _report(
         path, program.format, size, _manifest_rows(rows), totals,
         ops={"train": graph.op_counts(), "deploy": deploy.op_counts() if deploy is not None else {}},
@@ -162,18 +165,18 @@ def describe_program(path: Path, found: tuple[Path, Path], input_size: int | Non
     )
 
 
-def describe_output(path: Path, input_size: int | None = None) -> dict[str, Any]:
+def describe_output(path: Path, input_size: SizeLike | None = None) -> dict[str, Any]:
     artifacts = Artifacts(path)
     manifest = artifacts.read_manifest()
     totals = dict(manifest.totals)
-    if input_size is not None and input_size != manifest.input_size and manifest.arch:
+    if input_size is not None and as_size(input_size) != manifest.input_hw and manifest.arch:
         from acnet_convert.nn.plan import arch_depth, resnet
 
         plan = resnet(arch_depth(manifest.arch), manifest.num_classes or 1000)
         totals.update(macs_train=plan.macs(input_size, deploy=False), macs_deploy=plan.macs(input_size, deploy=True))
     files = sorted(p for p in path.iterdir() if p.is_file())
     return _report(
-        path, FUSE_OUTPUT, input_size or manifest.input_size, _manifest_rows(manifest.fused), totals,
+        path, FUSE_OUTPUT, input_size or manifest.input_hw, _manifest_rows(manifest.fused), totals,
         arch=manifest.arch, num_classes=manifest.num_classes, ops=manifest.ops, declined=list(manifest.declined),
         ignored_count=manifest.ignored_variables, source={"path": manifest.source.path, "sha256": manifest.source.sha256,
                                                           "format": manifest.source.format},
@@ -193,7 +196,7 @@ def format_report(report: dict[str, Any]) -> str:
         head.append(f"arch: {report['arch']}")
     if report.get("num_classes"):
         head.append(f"classes: {report['num_classes']}")
-    head.append(f"input: {size}x{size}" if size else "input: dynamic size")
+    head.append(f"input: {size_text(size)}" if size else "input: dynamic size")
     lines = [printable(report["path"], 400), "   ".join(head)]
     if report.get("source"):
         source = report["source"]
@@ -202,7 +205,7 @@ def format_report(report: dict[str, Any]) -> str:
     rows = report["layers"]
     lines += _table(
         ["layer", "kind", "branches", "kernel", "stride", "groups", "in", "out", "params train", "params deploy"],
-        [[printable(r["name"], 60), r["kind"], "+".join(r["branches"]) or "-", r["kernel"] or "-", r["stride"] or "-",
+        [[printable(r["name"], 60), r["kind"], "+".join(r["branches"]) or "-", _pair(r["kernel"]), _pair(r["stride"], short=True),
           "-" if r["groups"] is None else str(r["groups"]), str(r["in"]), str(r["out"]),
           f"{r['params_train']:,}", f"{r['params_deploy']:,}"] for r in rows],
         left=3,
@@ -211,7 +214,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", f"{kinds.count('sum')} branch sums and {kinds.count('conv_bn')} conv+BN fold into one conv each"
               " (params: learned weights; BN running statistics not counted)"]
     t = report["totals"]
-    macs = f"multiply-adds @{size}" if size else "multiply-adds"
+    macs = f"multiply-adds @{size_text(size)}" if size else "multiply-adds"
     lines += _table(
         ["total", "train", "deploy", "deploy/train"],
         [["params", _count(t["params_train"]), _count(t["params_deploy"]), _ratio(t["params_deploy"], t["params_train"])],
@@ -250,6 +253,13 @@ def _table(header: list[str], rows: list[list[str]], left: int) -> list[str]:
         return "  ".join(parts).rstrip()
 
     return [line(header)] + [line(row) for row in rows]
+
+
+def _pair(value: list[int] | None, short: bool = False) -> str:
+    """A kernel or stride [H, W] for the table: 3x3; with `short`, one number when both agree."""
+    if not value:
+        return "-"
+    return str(value[0]) if short and len(set(value)) == 1 else "x".join(map(str, value))
 
 
 def _count(n: int | None) -> str:

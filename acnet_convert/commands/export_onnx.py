@@ -4,14 +4,17 @@
 translation of the deploy program as written, whichever command made it."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from acnet_convert.out.artifacts import Artifacts, Manifest
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.phase import ONNX, phase
+from acnet_convert.common.sizes import size_text
 from acnet_convert.common.text import printable
 
 
@@ -29,12 +32,23 @@ def onnx_metadata(manifest: Manifest) -> dict[str, str]:
     return {
         "arch": manifest.arch or "",
         "num_classes": "" if manifest.num_classes is None else str(manifest.num_classes),
-        "input_size": str(manifest.input_size),
+        "input_size": size_text(manifest.input_hw),
         "source_path": manifest.source.path,
         "source_sha256": manifest.source.sha256,
         "source_format": manifest.source.format,
         "tool_version": manifest.tool_version,
     }
+
+
+def with_input_size(graph: Any, size: tuple[int, int]) -> Any:
+    """`graph` whose [N, C, H, W] inputs have `size` (H, W) where their own are dynamic."""
+    tensors = dict(graph.tensors)
+    for name in graph.inputs:
+        info = tensors.get(name)
+        if info is not None and len(info.shape) == 4:
+            shape = (*info.shape[:2], *(d if d > 0 else s for d, s in zip(info.shape[2:], size)))
+            tensors[name] = dataclasses.replace(info, shape=shape)
+    return dataclasses.replace(graph, tensors=tensors)
 
 
 def export_onnx(
@@ -69,6 +83,8 @@ def export_onnx(
     shown = artifacts.program(fmt)
     program = load_program(shown, artifacts.params, follow_links=False)
     graph = read_graph(program)
+    if not dynamic_size:  # where the program leaves H and W open, the manifest's size fixes them
+        graph = with_input_size(graph, manifest.input_hw)
     underflow = values = 0
     if fp16:
         overflowing, underflow, values = fp16_range_report(graph)
@@ -81,8 +97,7 @@ def export_onnx(
                                f"{largest:.4g}, beyond its largest 65504; export without --fp16")
     with phase("translating to ONNX the deploy model", shown, ONNX):
         model = build_onnx(graph, opset=opset, static_batch=static_batch, batch_size=batch_size,
-                           dynamic_size=dynamic_size, fp16=fp16, input_size=manifest.input_size,
-                           metadata=onnx_metadata(manifest))
+                           dynamic_size=dynamic_size, fp16=fp16, metadata=onnx_metadata(manifest))
     del program, graph
     with phase("checking and writing the ONNX model of", shown, ONNX):
         write_onnx(model, output, replace=force)

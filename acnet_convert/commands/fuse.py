@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
+
 from acnet_convert.out.artifacts import Artifacts, InputRecord, Manifest, SourceRecord, new_manifest
 from acnet_convert.common.budgets import input_shape_problem
-from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.errors import ConvertError, UsageError
 from acnet_convert.common.phase import PADDLE, phase
+from acnet_convert.common.sizes import Size, SizeLike, as_size, size_text
 from acnet_convert.graph.ir import Graph
 from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
 from acnet_convert.out.destination import check_destination
@@ -24,6 +27,7 @@ from acnet_convert.read.source import Source, open_source
 from acnet_convert.common.text import printable
 
 PADDLE_FORMATS = ("auto", "pir", "legacy", "both")
+DEFAULT_INPUT_SIZE = 224
 
 
 @dataclass
@@ -43,21 +47,39 @@ class FuseResult:
         kinds = [row["kind"] for row in self.manifest.fused]
         return {kind: kinds.count(kind) for kind in ("sum", "chain", "conv_bn")}
 
+    def summary(self) -> str:
+        """One line: what was fused into what, each proven; kinds that count nothing are left out."""
+        counts = self.counts
+        what = self.manifest.arch or printable(self.source.path)
+        classes = f" ({self.manifest.num_classes} classes)" if self.manifest.num_classes else ""
+        kinds = ", ".join(f"{n} {label}" for n, label in ((counts["sum"], "branch sums"), (counts["chain"], "conv chains"),
+                                                          (counts["conv_bn"], "conv+BN")) if n)
+        line = f"fused {what}{classes}: {kinds} into {sum(counts.values())} convs, each proven" if kinds else \
+            f"fused {what}{classes}: nothing folds"
+        if self.declined:
+            line += f"; left {len(self.declined)} regions as they are (see inspect)"
+        if self.source.kind == "checkpoint" and self.source.ignored:
+            line += f"; ignored {self.source.ignored} non-weight variables"
+        return line
 
-def _write_inference_config(artifacts: Artifacts, source: Source, input_size: int) -> None:
-    """OUT/inference.yml (PaddleClas's deploy layout) for image models: one [N, 3, H, W] input.
-    A classifier (one [N, C] output) gets its label count; dense outputs get no PostProcess.
-    `input_size` is the program's own where it is fixed (`_fixed_size`)."""
+
+def _write_inference_config(artifacts: Artifacts, source: Source, size: Size) -> str | None:
+    """OUT/inference.yml (PaddleClas's deploy layout) for image models: one [N, 3, H, W] input,
+    `size` its (H, W). A classifier (one [N, C] output) gets its label count; dense outputs get
+    no PostProcess. Returns why none was written, or None."""
     from acnet_convert.out.deploy_config import write_inference_config
 
     graph = source.graph
     shape = _single_input_shape(graph)
-    if len(shape) != 4 or shape[1] != 3 or (shape[2] > 0 and shape[2] != shape[3]):
-        return
+    if len(graph.inputs) != 1:
+        return f"the model has {len(graph.inputs)} inputs"
+    if len(shape) != 4 or shape[1] != 3:
+        return f"its input {list(shape)} is not an [N, 3, H, W] image"
     outputs = [graph.tensors.get(name) for name in graph.outputs]
     classes = outputs[0].shape[1] if len(outputs) == 1 and outputs[0] and len(outputs[0].shape) == 2 and outputs[0].shape[1] > 0 else None
     name = source.plan.arch if source.plan else source.path.parent.name or source.path.stem
-    write_inference_config(artifacts, input_size=input_size, num_classes=classes, model_name=name)
+    write_inference_config(artifacts, input_size=size, num_classes=classes, model_name=name)
+    return None
 
 
 def _single_input_shape(graph: Graph) -> tuple[int, ...]:
@@ -65,10 +87,18 @@ def _single_input_shape(graph: Graph) -> tuple[int, ...]:
     return graph.tensors[graph.inputs[0]].shape if len(graph.inputs) == 1 and graph.inputs[0] in graph.tensors else ()
 
 
-def _fixed_size(graph: Graph) -> int | None:
-    """H of a program whose one [N, C, H, W] input has a fixed square size, else None."""
+def input_size_of(graph: Graph, asked: SizeLike | None, where: str) -> Size:
+    """The (H, W) the manifest records: the program's own where its input fixes them, `asked`
+    (default 224) where it leaves them open. Asking a program fixed at one size for another is a
+    usage error: nothing would honour it."""
     shape = _single_input_shape(graph)
-    return shape[2] if len(shape) == 4 and shape[2] > 0 and shape[2] == shape[3] else None
+    fixed = tuple(shape[2:]) if len(shape) == 4 else (-1, -1)
+    want = as_size(asked) if asked is not None else (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
+    if asked is not None and any(f > 0 and f != a for f, a in zip(fixed, want)):
+        shown = "x".join(str(d) if d > 0 else "any" for d in fixed)
+        raise UsageError(f"--input-size {size_text(want)}: {where} takes {shown} images (its input shape is fixed); "
+                         "leave --input-size out, or export the model with another input size")
+    return tuple(f if f > 0 else a for f, a in zip(fixed, want))  # type: ignore[return-value]
 
 
 def _formats(paddle_format: str, deploy: Graph, warn: Callable[[str], None]) -> list[str]:
@@ -92,7 +122,7 @@ def fuse(
     *,
     arch: str = "auto",
     num_classes: int | None = None,
-    input_size: int = 224,
+    input_size: SizeLike | None = None,
     onnx: bool = False,
     force: bool = False,
     allow_nonfinite: bool = False,
@@ -108,13 +138,14 @@ def fuse(
     written there instead, nothing is checked or committed here."""
     source_path, out = Path(source_path), Path(out)
     if paddle_format not in PADDLE_FORMATS:
-        raise ConvertError(f"--paddle-format {printable(paddle_format)}: choose one of {', '.join(PADDLE_FORMATS)}")
+        raise UsageError(f"--paddle-format {printable(paddle_format)}: choose one of {', '.join(PADDLE_FORMATS)}")
     if into is None:
         check_destination(out, force, [source_path])  # before any work: OUT apart from SOURCE, replaceable
     timings: dict[str, float] = {}
     warnings: list[str] = []
     start = time.perf_counter()
-    source = open_source(source_path, arch=arch, num_classes=num_classes, input_size=input_size,
+    source = open_source(source_path, arch=arch, num_classes=num_classes,
+                         input_size=DEFAULT_INPUT_SIZE if input_size is None else input_size,
                          allow_nonfinite=allow_nonfinite)
     warnings += source.warnings
     timings["read"] = time.perf_counter() - start
@@ -124,9 +155,7 @@ def fuse(
         if problem:
             raise ConvertError(f"{printable(source.path)}: input {printable(name)} has shape {list(shape)}: {problem}; "
                                "no deploy model of it could be verified or run")
-    fixed = _fixed_size(source.graph)
-    if fixed is not None:  # a program made for one size: the manifest, ONNX and verify use it
-        input_size = fixed
+    size = input_size_of(source.graph, input_size, printable(source.path))  # the manifest, ONNX and verify use it
 
     start = time.perf_counter()
     train_ops, train_totals = source.graph.op_counts(), graph_totals(source.graph)
@@ -135,6 +164,8 @@ def fuse(
     folding = fold_graph(source.graph, allow_nonfinite, warnings.append, track, release=release)
     fused, declined = folding.fused, folding.declined
     deploy = deploy_graph(folding)
+    if allow_nonfinite and not all(np.isfinite(w).all() for w in deploy.weights.values() if w.dtype.kind == "f"):
+        warnings.append("the deploy weights hold NaN or Inf: verify this OUT with --allow-nonfinite")
     deploy_totals = graph_totals(deploy)
     timings["fusion"] = time.perf_counter() - start
 
@@ -145,7 +176,7 @@ def fuse(
         source=SourceRecord(str(source.path.resolve()), source.sha256, source.format, source.kind),
         inputs=tuple(InputRecord(name, tuple(source.graph.tensors[name].shape), source.graph.tensors[name].dtype)
                      for name in source.graph.inputs),
-        input_size=input_size,
+        input_hw=size,
         formats=tuple(formats),
         arch=source.plan.arch if source.plan else None,
         num_classes=source.plan.num_classes if source.plan else None,
@@ -176,13 +207,22 @@ def fuse(
                 from acnet_convert.write.legacy.writer import write_legacy_program
 
                 legacy_start = time.perf_counter()
-                with phase("writing the legacy deploy model of", source.path, PADDLE):
-                    write_legacy_program(artifacts, deploy)
+                try:
+                    with phase("writing the legacy deploy model of", source.path, PADDLE):
+                        write_legacy_program(artifacts, deploy)
+                except ConvertError as err:  # Paddle refused an op (a BN epsilon above 1e-3): auto falls back
+                    if paddle_format != "auto":
+                        raise
+                    warnings.append(f"no legacy inference.pdmodel: {str(err).rstrip('.')}; the PIR model is written")
+                    formats.remove("legacy")
+                    manifest = replace(manifest, formats=tuple(formats))
                 if "pir" not in formats:
                     artifacts.program("pir").unlink()
                 timings["legacy"] = time.perf_counter() - legacy_start
             artifacts.write_deploy_weights(deploy.weights)
-            _write_inference_config(artifacts, source, input_size)
+            why = _write_inference_config(artifacts, source, size)
+            if why is not None:
+                warnings.append(f"no {artifacts.inference_config.name} written: {why}")
             if reference_layout:
                 write_reference_layout(artifacts.persistables, reference_tensors(plan, source.graph.weights, deploy.weights))
             if onnx:

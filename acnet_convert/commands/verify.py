@@ -36,11 +36,14 @@ from acnet_convert.out.artifacts import Artifacts, Manifest
 from acnet_convert.out.deploy_config import Preprocess, default_preprocess, read_inference_config
 from acnet_convert.verify.device import resolve_device
 from acnet_convert.common.budgets import check_verify_budget
-from acnet_convert.common.errors import ConvertError
-from acnet_convert.common.regular_file import open_regular
-from acnet_convert.verify.feeds import ImageFeed, MemoryFeed, RandomBatches, Track, load_inputs
-from acnet_convert.verify.runners import (Runner, onnx_session, op_names, paddle_predictor, release_memory, train_files,
-                                   train_runner)
+from acnet_convert.common.errors import ConvertError, UsageError
+from acnet_convert.common.regular_file import not_a_file, open_regular
+from acnet_convert.common.sizes import SizeLike, size_text
+from acnet_convert.verify.sizes import accepted, second_sizes, takes_any_size
+from acnet_convert.verify.deploy_weights import DeployModel, check_deploy_weights
+from acnet_convert.verify.feeds import Chained, ImageFeed, MemoryFeed, RandomBatches, Track, load_inputs
+from acnet_convert.verify.runners import (Runner, SizeRefused, onnx_session, op_names, paddle_predictor, release_memory,
+                                          train_files, train_runner)
 from acnet_convert.common.text import printable
 from acnet_convert.verify.verdict import PairStats, noise_floor, widened_rtol
 from acnet_convert.verify.report import SourceInfo, VerifyReport
@@ -59,76 +62,24 @@ def image_shape(manifest: Manifest) -> tuple[int, int, int]:
     c, h, w = shape[1:]
     if c < 1:
         raise ConvertError("the deploy model's channel count is dynamic; verify needs it fixed")
-    return c, h if h > 0 else manifest.input_size, w if w > 0 else manifest.input_size
+    return c, h if h > 0 else manifest.input_hw[0], w if w > 0 else manifest.input_hw[1]
 
 
-# ------------------------------------------------------------------------------------------
-# the deploy models and their weights
-
-
-@dataclass
-class DeployModel:
-    name: str  # "paddle-deploy" | "paddle-legacy"
-    program: Path
-    params: Path
-    ops: frozenset[str] = frozenset()  # its op names, filled when it is loaded
-
-
-def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bitwise identical tensors (NaN == NaN here), compared through byte views, not copies."""
-    x, y = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    return x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x.reshape(-1).view(np.uint8),
-                                                                         y.reshape(-1).view(np.uint8))
-
-
-def _loaded_parameters(program: Any) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, value) of every parameter a loaded program reads, one at a time."""
-    for op in program.ops:
-        if op.name() == "builtin.parameter":
-            name = op.attrs()["parameter_name"]
-            variable = program.scope.find_var(name)
-            if variable is not None:
-                yield name, np.array(variable.get_tensor())
-
-
-def check_deploy_weights(models: list[DeployModel], artifacts: Artifacts, keep: set[str], want_geometry: bool):
-    """Load every Paddle deploy model with Paddle's own loader and compare the parameters it
-    loads with deploy.pdparams, bit for bit. Returns (mismatched names, the parameters named in
-    `keep` as the first model loads them, the first model's conv geometry if `want_geometry`)."""
-    from acnet_convert.verify.per_layer import deploy_geometry
-    from acnet_convert.read.program import load_program
-    from acnet_convert.read.program_reader import read_graph
-
-    stored = artifacts.load_deploy_weights()
-    mismatched: set[str] = set()
-    kept: dict[str, np.ndarray] = {}
-    geometry = None
-    for i, model in enumerate(models):
-        loaded = load_program(model.program, model.params, follow_links=False)
-        model.ops = op_names(loaded.ops)
-        seen = set()
-        for name, value in _loaded_parameters(loaded):
-            seen.add(name)
-            if name not in stored or not same_bits(value, stored[name]):
-                mismatched.add(name)
-            if i == 0 and name in keep:
-                kept[name] = value
-        mismatched.update(set(stored) - seen)
-        if i == 0 and want_geometry:
-            geometry = deploy_geometry(read_graph(loaded))
-        loaded.close()
-        del loaded
-    return sorted(mismatched), kept, geometry
+def feedable_shape(manifest: Manifest) -> tuple[int, ...]:
+    """[C, H, W] the models accept, -1 where any size goes (`sizes.takes_any_size`)."""
+    c, h, w = image_shape(manifest)
+    return (c, -1, -1) if takes_any_size(manifest) else (c, h, w)
 
 
 # ------------------------------------------------------------------------------------------
 # the source
 
 
-def open_train_source(manifest: Manifest, artifacts: Artifacts, override: Path | None, size: int,
-                      note: Callable[[str], None]):
+def open_train_source(manifest: Manifest, artifacts: Artifacts, override: Path | None, size: SizeLike | None,
+                      note: Callable[[str], None], allow_nonfinite: bool = False):
     """The source named in the manifest (or `override`), opened; its sha256 must match the
-    manifest's unless `override` names it."""
+    manifest's unless `override` names it. A checkpoint's program is built for `size` (H, W),
+    or for any size when None."""
     from acnet_convert.read.source import find_program, open_source
 
     recorded = manifest.source
@@ -144,7 +95,8 @@ def open_train_source(manifest: Manifest, artifacts: Artifacts, override: Path |
     if program is not None:
         source = open_source(path)
     else:
-        source = open_source(path, arch=manifest.arch or "auto", num_classes=manifest.num_classes, input_size=size)
+        source = open_source(path, arch=manifest.arch or "auto", num_classes=manifest.num_classes, input_size=size,
+                             allow_nonfinite=allow_nonfinite)
     for warning in source.warnings:
         note(f"warning: {warning}")
     checked = recorded.sha256 == source.sha256
@@ -186,15 +138,15 @@ class _Log:
 def _check_options(atol: float, rtol: float, batch_size: int, batches: int, inputs: Path | None,
                    images: Path | None, labels: Path | None, ckpt: Path | None, source: Path | None) -> None:
     if atol < 0 or rtol < 0:
-        raise ConvertError("--atol and --rtol must be >= 0")
+        raise UsageError("--atol and --rtol must be >= 0")
     if batch_size < 1 or batches < 1:
-        raise ConvertError("--batch-size and --batches must be >= 1")
+        raise UsageError("--batch-size and --batches must be >= 1")
     if inputs is not None and images is not None:
-        raise ConvertError("--inputs and --images are two ways to give images: pass one")
+        raise UsageError("--inputs and --images are two ways to give images: pass one")
     if labels is not None and images is None:
-        raise ConvertError("--labels goes with --images DIR")
+        raise UsageError("--labels goes with --images DIR")
     if ckpt is not None and source is not None and Path(ckpt) != Path(source):
-        raise ConvertError("--ckpt and --source name the same thing: pass one")
+        raise UsageError("--ckpt and --source name the same thing: pass one")
 
 
 def _preprocess(artifacts: Artifacts, manifest: Manifest, shape: tuple[int, int, int], overrides: dict[str, Any],
@@ -206,20 +158,23 @@ def _preprocess(artifacts: Artifacts, manifest: Manifest, shape: tuple[int, int,
     config = read_inference_config(artifacts)
     if config is None:
         say(f"no {artifacts.inference_config.name} in {printable(artifacts.root)}: ImageNet preprocessing for "
-            f"input size {shape[1]}")
-        base, origin, classes = default_preprocess(shape[1]), "defaults", None
+            f"input size {size_text(shape[1:])}")
+        base, origin, classes = default_preprocess(shape[1:]), "defaults", None
     else:
         base, origin, classes = config.preprocess, artifacts.inference_config.name, config.num_classes
     flags = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in overrides.items() if v is not None}
     if flags:
         origin += " + " + ", ".join(f"--{k.replace('_', '-')}" for k in flags)
-        if "crop" in flags and "resize_short" not in flags:
-            flags["resize_short"] = int(round(flags["crop"] * base.resize_short / base.crop))
+    if "crop" in flags:
+        base = base.with_crop(flags.pop("crop"))
+    if "resize_short" in flags and base.resize is not None:
+        raise UsageError(f"--resize-short: {origin.split(' + ')[0]} resizes every image to {size_text(base.resize)} "
+                         "(no short side to set); use --crop HxW")
     preprocess = Preprocess(**{**base.__dict__, **flags})
-    fixed = [d for d in manifest.inputs[0].shape[2:] if d > 0]
-    if fixed and any(d != preprocess.crop for d in fixed):
-        raise ConvertError(f"--images: the crop size is {preprocess.crop}, but the deploy model takes "
-                           f"{'x'.join(map(str, manifest.inputs[0].shape[2:]))} images")
+    fixed = feedable_shape(manifest)[1:]
+    if min(fixed) > 0 and tuple(fixed) != preprocess.crop:
+        raise UsageError(f"--images: the crop is {size_text(preprocess.crop)}, but the deploy model takes "
+                         f"{size_text(fixed)} images only")
     return preprocess, origin, classes
 
 
@@ -228,7 +183,7 @@ def _feed(artifacts: Artifacts, manifest: Manifest, shape: tuple[int, int, int],
           seed: int, say: Callable[[str], None]) -> MemoryFeed | ImageFeed:
     if images is None:
         if inputs is not None:  # dynamic dimensions of the model take any size
-            return MemoryFeed("npy", load_inputs(inputs, tuple(manifest.inputs[0].shape[1:]), batch_size))
+            return MemoryFeed("npy", load_inputs(inputs, feedable_shape(manifest), batch_size))
         return MemoryFeed("random", RandomBatches(batch_size, batches, shape, seed))
     from acnet_convert.verify.images import ImageSet
 
@@ -253,17 +208,22 @@ def verify(
     images: Path | None = None,
     labels: Path | None = None,
     resize_short: int | None = None,
-    crop: int | None = None,
+    crop: SizeLike | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     device: str = "auto",
     per_layer: bool = False,
+    second_size: bool = True,
+    allow_nonfinite: bool = False,
     note: Callable[[str], None] = lambda _text: None,
     track: Track | None = None,
 ) -> VerifyReport:
     """Compare the train-form model, every Paddle deploy model in `out_dir` and its ONNX model
-    (if any); see the module docstring. Raises ConvertError for bad input; a mismatch is a
-    report with `ok == False`."""
+    (if any); see the module docstring. Random inputs for a model of any size are fed at a
+    second size too (`verify.sizes`) unless `second_size` is False. `allow_nonfinite` (a model
+    fused with --allow-nonfinite) opens a source whose weights hold NaN/Inf, and counts outputs
+    that are NaN (or the same Inf) in both graphs as equal. Raises ConvertError for bad input;
+    a mismatch is a report with `ok == False`."""
     _check_options(atol, rtol, batch_size, batches, inputs, images, labels, ckpt, source)
     artifacts = Artifacts(out_dir)
     manifest = artifacts.read_manifest()
@@ -272,21 +232,23 @@ def verify(
     if onnx is None and os.path.lexists(artifacts.onnx):
         open_regular(artifacts.onnx).close()  # fuse writes a regular file: a link or a FIFO there is refused
     onnx_path = Path(onnx) if onnx is not None else (artifacts.onnx if artifacts.onnx.is_file() else None)
-    if onnx_path is not None and not os.path.lexists(onnx_path):
-        raise ConvertError(f"--onnx {printable(onnx_path)} does not exist")
+    why = None if onnx_path is None else not_a_file(onnx_path)
+    if why:
+        raise ConvertError(f"--onnx {printable(onnx_path)} {why}")
+    overrides = {"resize_short": resize_short, "crop": crop, "mean": mean, "std": std}
+    feed = _feed(artifacts, manifest, image_shape(manifest), inputs, images, labels, overrides, batch_size, batches,
+                 seed, log.say)  # the user's inputs first: their errors come before any note or heavy work
+    if isinstance(feed, ImageFeed):
+        shape = (3, *feed.preprocess.crop)
+    else:
+        shape = tuple(feed.first().shape[1:]) if feed.kind == "npy" else image_shape(manifest)
+    check_verify_budget(shape[1:], batch_size, batches, feed.kind != "random")  # the size fed, wherever it came from
     target = resolve_device(device, onnx=onnx_path is not None)
     for text in target.notes:
         log.say(text)
     if onnx_path is None:
         log.say(f"no {artifacts.onnx.name} in {printable(artifacts.root)}: comparing the Paddle models only")
-    overrides = {"resize_short": resize_short, "crop": crop, "mean": mean, "std": std}
-    feed = _feed(artifacts, manifest, image_shape(manifest), inputs, images, labels, overrides, batch_size, batches,
-                 seed, log.say)  # the user's inputs first: their errors come before any heavy work
-    if isinstance(feed, ImageFeed):
-        shape = (3, feed.preprocess.crop, feed.preprocess.crop)
-    else:
-        shape = tuple(feed.first().shape[1:]) if feed.kind == "npy" else image_shape(manifest)
-    check_verify_budget(shape[1], shape[2], batch_size, batches, feed.kind != "random")
+    any_size = takes_any_size(manifest)
 
     models = [DeployModel(PADDLE_NAMES[fmt], program, params) for fmt, program, params in artifacts.paddle_models(manifest)]
     with log.timed("deploy weights"):
@@ -295,15 +257,15 @@ def verify(
         release_memory()
     with tempfile.TemporaryDirectory(prefix="acnet-verify-") as tmp:
         with log.timed("train graph"):
-            train, info = open_train_source(manifest, artifacts, source if source is not None else ckpt, shape[1],
-                                            log.say)
+            train, info = open_train_source(manifest, artifacts, source if source is not None else ckpt,
+                                            None if any_size else shape[1:], log.say, allow_nonfinite)
             files = train_files(train, Path(tmp))
             train_ops = op_names(train.program.ops)
         first = feed.first()  # an image stream cannot be peeked again once it has run
         layers = None
         if per_layer:
             if first is None:
-                raise ConvertError("--per-layer: the first batch of images could not be read")
+                raise ConvertError("--per-layer: no image could be read")
             from acnet_convert.verify.per_layer import compare_groups
 
             with log.timed("per layer"):
@@ -313,29 +275,41 @@ def verify(
         del train, deployed
         release_memory()
         noise, judged = None, rtol
+        candidates = second_sizes(shape[1:]) if second_size and any_size and feed.kind == "random" else []
         if first is not None:
             with log.timed("noise floor"):
-                noise = _noise_floor(files, target, train_ops, first)
+                noise, second, refused = _train_as_written(files, target, train_ops, first, candidates, seed,
+                                                           allow_nonfinite)
             judged = widened_rtol(rtol, noise)
             if judged > rtol:
-                log.say(f"float32 noise floor: the train graph as written and under Paddle's optimised kernels differ by "
-                        f"{noise:.1e} of each image's largest |output|; pairs are judged with rtol {judged:.2g}")
+                log.say(f"float32 noise floor {noise:.1e} of the largest |output|: rtol widened to {judged:.2g}")
+            if candidates and second is None:
+                log.say(f"the train model runs at no size but {size_text(shape[1:])} ({'; '.join(refused)}): "
+                        "verified there only")
+            elif second is not None:
+                feed = MemoryFeed("random", Chained(feed.batches, RandomBatches(batch_size, 1, (shape[0], *second),
+                                                                                seed + 1)))
             release_memory()
 
         factories: list[Callable[[], Runner]] = [lambda: train_runner(files, target, Path(info.path), train_ops)]
         factories += [lambda m=m: paddle_predictor(m.name, m.program, m.params, target, ops=m.ops) for m in models]
         if onnx_path is not None:
-            factories.append(lambda: onnx_session(onnx_path, target, shape))
+            fed = sorted({(shape[0], *hw) for hw in _feed_sizes(feed, shape)})
+            factories.append(lambda: _onnx_runner(onnx_path, target, fed, explicit=onnx is not None, say=log.say))
 
         def stats_of(fp16: dict[str, bool]) -> list[PairStats]:
-            names = [TRAIN] + [m.name for m in models] + ([ONNX] if onnx_path is not None else [])
-            return [PairStats(a, b, atol, judged, fp16=fp16.get(a, False) or fp16.get(b, False))
-                    for i, a in enumerate(names) for b in names[i + 1 :]]
+            names = list(fp16)  # the graphs that ran, in order
+            return [PairStats(a, b, atol, judged, fp16=fp16.get(a, False) or fp16.get(b, False),
+                              allow_nonfinite=allow_nonfinite) for i, a in enumerate(names) for b in names[i + 1 :]]
 
         result = feed.run(factories, stats_of, track, log.say, release_memory)
+    agreed = max((s.nonfinite for s in result.stats), default=0)
+    if agreed:
+        log.say(f"{agreed} output values are NaN or Inf in both graphs alike (--allow-nonfinite): compared as equal")
     log.timings.update(result.timings)
     return VerifyReport(
-        device=target.name, arch=manifest.arch, num_classes=manifest.num_classes, input_size=shape[1],
+        device=target.name, arch=manifest.arch, num_classes=manifest.num_classes,
+        sizes=[(h, w, n) for (h, w), n in result.sizes.items()],
         images=result.images, inputs=feed.kind, atol=atol, rtol=rtol, source=info,
         graphs=[(name, str(path)) for name, path in result.paths.items()],
         pairs=[s.result() for s in result.stats], mismatched_tensors=mismatched, layers=layers,
@@ -344,12 +318,45 @@ def verify(
     )
 
 
-def _noise_floor(files: tuple[Path, Path], target: Any, ops: Any, batch: np.ndarray) -> float:
+def _onnx_runner(path: Path, target: Any, fed: list[tuple[int, ...]], explicit: bool, say: Callable[[str], None]
+                 ) -> Runner | None:
+    """The ONNX model under ONNX Runtime. OUT's own model.onnx, fixed at a size none of the
+    inputs has (a --crop or --inputs of another size), is left out with a note; an ONNX model
+    named with --onnx is an error then."""
+    try:
+        return onnx_session(path, target, fed)
+    except SizeRefused as err:
+        if explicit:
+            raise
+        say(f"{err}: not compared (export-onnx --dynamic-size makes one of any size)")
+        return None
+
+
+def _feed_sizes(feed: MemoryFeed | ImageFeed, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The (H, W) of every batch the feed will give (without decoding images)."""
+    if isinstance(feed, ImageFeed):
+        return [tuple(feed.preprocess.crop)]
+    batches = feed.batches
+    parts = batches.parts if isinstance(batches, Chained) else [batches]
+    out = []
+    for part in parts:
+        if isinstance(part, RandomBatches):
+            out.append(tuple(part.shape[1:]))
+        else:
+            out += [tuple(b.shape[2:]) for b in part]
+    return out
+
+
+def _train_as_written(files: tuple[Path, Path], target: Any, ops: Any, batch: np.ndarray,
+                      candidates: Sequence[tuple[int, int]], seed: int, allow_nonfinite: bool = False
+                      ) -> tuple[float, tuple[int, int] | None, list[str]]:
     """The train graph's own float32 noise on `batch`: as written vs under Paddle's optimised
-    kernels (BN folded, oneDNN), two computations of one function (verdict's docstring)."""
+    kernels (BN folded, oneDNN), two computations of one function (verdict's docstring); and,
+    from the runtime that ran it as written, the first of `candidates` it runs at (`sizes`)."""
     written = train_runner(files, target, files[0], ops)
     try:
         a = written(batch)
+        second, refused = accepted(written, candidates, batch.shape[1], seed) if candidates else (None, [])
     finally:
         written.close()
     optimised = paddle_predictor("train-optimised", files[0], files[1], target, ops=ops)
@@ -357,4 +364,4 @@ def _noise_floor(files: tuple[Path, Path], target: Any, ops: Any, batch: np.ndar
         b = optimised(batch)
     finally:
         optimised.close()
-    return noise_floor(a, b)
+    return noise_floor(a, b, allow_nonfinite), second, refused

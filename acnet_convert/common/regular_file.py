@@ -26,6 +26,18 @@ def kind_of(mode: int) -> str:
     return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
 
 
+def not_a_file(path: Path | str) -> str | None:
+    """Why `path` is not a regular file ("does not exist", "is a folder, not a file", "is a
+    FIFO, not a file", ...), or None when it is one (links followed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or one_line(err)})"
+    return None if stat.S_ISREG(mode) else f"is {kind_of(mode)}, not a file"
+
+
 def open_regular(path: Path | str, shown: Path | str | None = None, follow: bool = False) -> BinaryIO:
     """Open `path` for reading if it is a regular file, not through a symbolic link (unless
     `follow`: a link to a regular file is then opened).

@@ -97,11 +97,12 @@ class Conv:
     def output_size(self, size: int) -> int:
         return (size + 2 * self.padding - self.kernel) // self.stride + 1
 
-    def macs(self, out_size: int, deploy: bool) -> int:
-        """Multiply-adds for one image whose output is out_size x out_size. The train form runs
-        all three branches of an ACB (KxK, Kx1, 1xK, all at the output size)."""
+    def macs(self, out_size: int, deploy: bool, out_width: int | None = None) -> int:
+        """Multiply-adds for one image whose output is out_size x out_width (default square).
+        The train form runs all three branches of an ACB (KxK, Kx1, 1xK, all at the output size)."""
         taps = self.kernel**2 + (0 if deploy or not self.is_acb else 2 * self.kernel)
-        return out_size * out_size * self.out_channels * (self.in_channels // self.groups) * taps
+        width = out_size if out_width is None else out_width
+        return out_size * width * self.out_channels * (self.in_channels // self.groups) * taps
 
     def describe(self) -> dict[str, object]:
         """The row of this conv in layer tables (inspect, manifest)."""
@@ -177,10 +178,12 @@ class Plan:
                 yield block.shortcut, block.shortcut.output_size(size)
             size = x
 
-    def macs(self, input_size: int, deploy: bool) -> int:
-        """Multiply-adds for one image: every conv and the FC (BN, bias, ReLU, pooling and the
-        residual adds are not counted)."""
-        convs = sum(conv.macs(size, deploy) for conv, size in self.output_sizes(input_size))
+    def macs(self, input_size: int | tuple[int, int], deploy: bool) -> int:
+        """Multiply-adds for one image of input_size (N, or (H, W)): every conv and the FC (BN,
+        bias, ReLU, pooling and the residual adds are not counted)."""
+        h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+        convs = sum(conv.macs(oh, deploy, ow)
+                    for (conv, oh), (_, ow) in zip(self.output_sizes(h), self.output_sizes(w)))
         return convs + self.features * self.num_classes
 
     def fc_tensors(self) -> dict[str, tuple[int, ...]]:

@@ -62,7 +62,7 @@ class Manifest:
     paddle_version: str
     source: SourceRecord
     inputs: tuple[InputRecord, ...]
-    input_size: int  # the size verify and ONNX use where the model's H and W are dynamic
+    input_hw: tuple[int, int]  # (H, W) verify and ONNX use where the model's are dynamic
     formats: tuple[str, ...]  # Paddle formats written: "pir", "legacy"
     arch: str | None = None  # the ResNet-ACNet family member, for checkpoint sources
     num_classes: int | None = None
@@ -75,6 +75,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data["input_size"] = list(data.pop("input_hw"))  # [H, W]; manifests before 0.3 hold one int
         return {"tool": TOOL, "manifest_version": MANIFEST_VERSION, **data}
 
     @classmethod
@@ -154,7 +155,7 @@ class Manifest:
             paddle_version=string(data, "paddle_version"),
             source=record,
             inputs=tuple(inputs),
-            input_size=integer(data, "input_size", 1, MAX_SIDE),
+            input_hw=_input_hw(data.get("input_size"), bad),
             formats=tuple(formats),
             arch=string(data, "arch", optional=True),
             num_classes=integer(data, "num_classes", 1, 1 << 24, optional=True),
@@ -217,6 +218,16 @@ def _declined_row_problem(row: dict[str, Any]) -> str | None:
     if not all(isinstance(row.get(key), str) for key in ("op", "reason")):
         return "op and reason must be strings"
     return None
+
+
+def _input_hw(value: Any, bad: Any) -> tuple[int, int]:
+    """manifest.json's input_size: [H, W], or one int (manifests written before non-square sizes)."""
+    if type(value) is int:
+        value = [value, value]
+    if (not isinstance(value, list) or len(value) != 2
+            or any(type(v) is not int or not 1 <= v <= MAX_SIDE for v in value)):
+        raise bad("input_size", f"must be [height, width], integers in [1, {MAX_SIDE}]")
+    return value[0], value[1]
 
 
 def new_manifest(**fields: Any) -> Manifest:
@@ -282,7 +293,8 @@ class Artifacts:
     def read_manifest(self) -> Manifest:
         root, path = self.root, self.manifest_path
         if not root.is_dir():
-            raise ConvertError(f"{printable(root)} does not exist or is not a directory")
+            why = "does not exist" if not os.path.lexists(root) else "is not a folder (OUT is the folder fuse wrote)"
+            raise ConvertError(f"{printable(root)} {why}")
         if not os.path.lexists(path):
             raise ConvertError(f"{printable(path)} is missing: {printable(root)} is not an output of '{TOOL} fuse'")
         try:

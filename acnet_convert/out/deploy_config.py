@@ -25,7 +25,10 @@ FastDeploy's PaddleClasModel read it as theirs. This module alone writes and rea
       topk: 5
 
 That is how Paddle's ImageNet classifiers are fed: RGB, short side resized (bilinear), centre
-crop, (x * scale - mean) / std per channel, CHW. `Global` keys other than PaddleClas's own are
+crop, (x * scale - mean) / std per channel, CHW. A model whose input is not square (a 48x160
+text recogniser) is fed as such models are: the whole image resized to H x W, no crop
+(`ResizeImage: size: [W, H]`, PaddleClas's order; `image_shape: [3, H, W]`); a non-square crop
+is written `CropImage: size: [W, H]`. `Global` keys other than PaddleClas's own are
 ignored by its tools; PostProcess takes only the keys Topk accepts.
 
 No YAML library is a dependency: the writer emits the layout above, and the reader parses the
@@ -35,7 +38,6 @@ line number. Nothing here imports Paddle.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -45,44 +47,12 @@ from typing import Any
 from acnet_convert.out.artifacts import Artifacts, read_small
 from acnet_convert.common.budgets import MAX_SIDE
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.sizes import SizeLike
+from acnet_convert.out.preprocess import (IMAGENET_MEAN, IMAGENET_STD, SCALE, Preprocess,  # noqa: F401 - re-exported
+                                          default_preprocess)
 from acnet_convert.common.text import printable
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SCALE = 0.00392157  # 1/255 as PaddleClas writes it
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 _MAX_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """PaddleClas's ResizeImage(resize_short) + CropImage(size) + NormalizeImage + ToCHWImage."""
-
-    resize_short: int
-    crop: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    scale: float = SCALE
-    interpolation: str = "bilinear"
-
-    def __post_init__(self) -> None:
-        if self.crop < 1 or self.resize_short < self.crop:
-            raise ConvertError(f"preprocessing: the short side ({self.resize_short}) must be at least the crop "
-                               f"size ({self.crop}), which must be >= 1")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ConvertError("preprocessing: mean and std need three values (R, G, B)")
-        if any(not math.isfinite(s) or s <= 0 for s in self.std) or any(not math.isfinite(m) for m in self.mean):
-            raise ConvertError("preprocessing: std must be positive and mean finite")
-        if not math.isfinite(self.scale) or self.scale <= 0:
-            raise ConvertError("preprocessing: scale must be positive")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConvertError(f"preprocessing: interpolation {printable(self.interpolation)}: choose one of "
-                               f"{', '.join(INTERPOLATIONS)}")
-
-
-def default_preprocess(input_size: int) -> Preprocess:
-    """ImageNet evaluation preprocessing for input size S: short side S * 256 / 224, crop S."""
-    return Preprocess(resize_short=int(round(input_size * 256 / 224)), crop=input_size)
 
 
 @dataclass(frozen=True)
@@ -109,18 +79,19 @@ def render(config: DeployConfig) -> str:
         lines.append(f"  model_name: {_quote(config.model_name)}")
     if config.num_classes is not None:
         lines.append(f"  class_num: {int(config.num_classes)}")
+    h, w = p.crop
     lines += [
-        f"  image_shape: [3, {p.crop}, {p.crop}]",
+        f"  image_shape: [3, {h}, {w}]",
         "PreProcess:",
         "  transform_ops:",
         "    - ResizeImage:",
-        f"        resize_short: {p.resize_short}",
+        f"        resize_short: {p.resize_short}" if p.resize is None else f"        size: [{p.resize[1]}, {p.resize[0]}]",
     ]
     if p.interpolation != "bilinear":
         lines.append(f"        interpolation: {p.interpolation}")
+    if p.resize != p.crop:
+        lines += ["    - CropImage:", f"        size: {h}" if h == w else f"        size: [{w}, {h}]"]
     lines += [
-        "    - CropImage:",
-        f"        size: {p.crop}",
         "    - NormalizeImage:",
         f"        scale: {p.scale!r}",
         f"        mean: [{', '.join(_number(m) for m in p.mean)}]",
@@ -140,12 +111,12 @@ def _quote(text: str) -> str:
 def write_inference_config(
     artifacts: Artifacts,
     *,
-    input_size: int,
+    input_size: SizeLike,
     num_classes: int | None,
     model_name: str | None = None,
     preprocess: Preprocess | None = None,
 ) -> Path:
-    """Write OUT/inference.yml for a model fed [N, 3, S, S] images, S = `input_size`, whose
+    """Write OUT/inference.yml for a model fed [N, 3, H, W] images, (H, W) = `input_size`, whose
     output has `num_classes` scores per image (None for dense outputs: no PostProcess)."""
     config = DeployConfig(preprocess or default_preprocess(input_size), num_classes, model_name)
     path = artifacts.inference_config
@@ -190,26 +161,36 @@ def parse_inference_config(text: str, where: str = "inference.yml") -> DeployCon
             raise ConvertError(f"{where}: transform op {printable(name)} is not supported by verify "
                                "(ResizeImage, CropImage, NormalizeImage, ToCHWImage)")
         found[name] = params
-    for needed in ("ResizeImage", "CropImage", "NormalizeImage"):
+    for needed in ("ResizeImage", "NormalizeImage"):
         if needed not in found:
             raise ConvertError(f"{where}: PreProcess lacks {needed}")
-    resize, crop, norm = found["ResizeImage"], found["CropImage"], found["NormalizeImage"]
+    resize, norm = found["ResizeImage"], found["NormalizeImage"]
+    if resize.get("resize_short") is None and resize.get("size") is None:
+        raise ConvertError(f"{where}: ResizeImage must give resize_short (the short side) or size")
     if resize.get("resize_short") is None:
-        raise ConvertError(f"{where}: ResizeImage must give resize_short (the short side)")
+        exact = _width_height(resize.get("size"), "ResizeImage.size", where)
+    else:
+        exact = None
+        if "CropImage" not in found:
+            raise ConvertError(f"{where}: PreProcess lacks CropImage (after ResizeImage resize_short)")
+    crop = _width_height(found["CropImage"].get("size"), "CropImage.size", where) if "CropImage" in found else exact
     order = norm.get("order", "")
     if order not in ("", "hwc", None):
         raise ConvertError(f"{where}: NormalizeImage order {printable(order)}: verify normalises decoded HWC images "
                            "(order '')")
+    values = dict(  # each names the file in its own message
+        resize_short=None if exact else _int(resize["resize_short"], "ResizeImage.resize_short", where,
+                                             2 * MAX_SIDE),
+        resize=exact,
+        crop=crop,
+        mean=_floats(norm.get("mean", list(IMAGENET_MEAN)), "NormalizeImage.mean", where),
+        std=_floats(norm.get("std", list(IMAGENET_STD)), "NormalizeImage.std", where),
+        scale=_scale(norm.get("scale", SCALE), where),
+        interpolation=str(resize.get("interpolation") or "bilinear").lower(),
+    )
     try:
-        preprocess = Preprocess(
-            resize_short=_int(resize["resize_short"], "ResizeImage.resize_short", where, 2 * MAX_SIDE),
-            crop=_int(crop.get("size"), "CropImage.size", where, MAX_SIDE),
-            mean=_floats(norm.get("mean", list(IMAGENET_MEAN)), "NormalizeImage.mean", where),
-            std=_floats(norm.get("std", list(IMAGENET_STD)), "NormalizeImage.std", where),
-            scale=_scale(norm.get("scale", SCALE), where),
-            interpolation=str(resize.get("interpolation") or "bilinear").lower(),
-        )
-    except ConvertError as err:
+        preprocess = Preprocess(**values)
+    except ConvertError as err:  # Preprocess's own checks do not know the file
         raise ConvertError(f"{where}: {err}") from None
     classes = glob.get("class_num") if isinstance(glob, dict) else None
     name = glob.get("model_name") if isinstance(glob, dict) else None
@@ -222,6 +203,15 @@ def _int(value: Any, key: str, where: str, high: int = 1 << 24) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
         raise ConvertError(f"{where}: {key} must be an integer from 1 to {high}, not {printable(value)}")
     return value
+
+
+def _width_height(value: Any, key: str, where: str) -> tuple[int, int]:
+    """A PaddleClas size: N, or [W, H] (width first, as its CropImage and ResizeImage read it),
+    as (H, W); each side within the budget (`common.budgets`)."""
+    if isinstance(value, list) and len(value) == 2:
+        return _int(value[1], key, where, MAX_SIDE), _int(value[0], key, where, MAX_SIDE)
+    size = _int(value, key, where, MAX_SIDE)
+    return size, size
 
 
 def _floats(value: Any, key: str, where: str) -> tuple[float, ...]:

@@ -87,6 +87,15 @@ def is_training_state(name: str) -> bool:
     return "@" in name or _TRAINING_STATE_RE.search(name) is not None
 
 
+# suffixes of files that are not checkpoint variables (Paddle names those by variable, no suffix)
+_OTHER_FILES = frozenset(".jpg .jpeg .png .bmp .webp .gif .tif .tiff .txt .md .json .yml .yaml .csv .npy .npz .onnx .pt "
+                         ".pth .h5 .ckpt .zip .tar .gz .py".split())
+# what SOURCE may be, for the messages that say it is none of them
+SOURCE_FORMS = ("a train-form inference model (PREFIX.json or PREFIX.pdmodel with PREFIX.pdiparams: the folder, "
+                "the prefix or the program file) or a ResNet-ACNet checkpoint (a folder of per-variable files, a "
+                ".pdparams file or its prefix)")
+
+
 def read_checkpoint(path: str | Path, digest: bool = True) -> Checkpoint:
     """Read the checkpoint `path` names: a per-variable folder, a `.pdparams` file, its prefix,
     or a folder holding one `.pdparams`. With `digest=False` the sha256 is left empty and
@@ -109,8 +118,8 @@ def read_checkpoint(path: str | Path, digest: bool = True) -> Checkpoint:
         # named by the user: a symbolic link is theirs to follow
         return _read_pdparams(named, os.path.realpath(named), named, digest)
     if path.exists():
-        raise ConvertError(f"{printable(path)} is a file, expected a checkpoint directory, a {_SUFFIX} file or its "
-                           "prefix")
+        what = "a file" if path.is_file() else kind_of(os.stat(path).st_mode)
+        raise ConvertError(f"{printable(path)} is {what}, expected {SOURCE_FORMS}")
     raise ConvertError(f"{printable(path)} does not exist")
 
 
@@ -239,9 +248,18 @@ def _read_per_variable(folder: Path, listed: list[Path], digest: bool) -> Checkp
             if digest:
                 _hash_header(hasher, f.name, _size_of(f, folder))
             continue
-        with _reading(f), _open(f, folder) as fh:
-            _hash_header(hasher, f.name, file_size(fh))
-            tensors[f.name] = read_lod_tensor(fh, str(f), hasher)
+        try:
+            with _reading(f), _open(f, folder) as fh:
+                _hash_header(hasher, f.name, file_size(fh))
+                tensors[f.name] = read_lod_tensor(fh, str(f), hasher)
+        except ConvertError:
+            # a folder of something else (images, documents) is named as such; a damaged tensor
+            # file among variables, or one swapped for a FIFO, keeps its own message
+            if (not tensors and any(v.suffix.lower() in _OTHER_FILES for v in variables)
+                    and not any(_looks_like_lod_tensor(v, folder) for v in variables)):
+                raise ConvertError(f"{printable(folder)} holds no Paddle tensor file ({_names(variables)}): it is "
+                                   f"not a model; expected {SOURCE_FORMS}") from None
+            raise
     return Checkpoint(path=folder, format=PER_VARIABLE, tensors=tensors, ignored=sorted(ignored),
                       sha256=hasher.hexdigest() if hasher else "", files=variables)
 

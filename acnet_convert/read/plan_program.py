@@ -13,23 +13,24 @@ from acnet_convert.nn.plan import INPUT_NAME
 from acnet_convert.nn.plan import Plan
 from acnet_convert.read.program import Program, static_mode
 from acnet_convert.common.quiet import silenced
+from acnet_convert.common.sizes import SizeLike, as_size
 
 OUTPUT_NAME = "logits"
 
 
-def build_train_program(plan: Plan, tensors: dict[str, np.ndarray], input_size: int | None) -> Program:
+def build_train_program(plan: Plan, tensors: dict[str, np.ndarray], input_size: SizeLike | None) -> Program:
     """The train-form program of `plan` with `tensors` (legacy names) as its parameters, held
-    as `Program.arrays` (not copied). The input is `image` [N, 3, S, S] (S dynamic when
-    `input_size` is None); the output the logits."""
+    as `Program.arrays` (not copied). The input is `image` [N, 3, H, W] (`input_size`: N, or
+    (H, W); both dynamic when None); the output the logits."""
     legacy_bias = plan.stem.legacy_bias in tensors
-    size = -1 if input_size is None else input_size
+    h, w = (-1, -1) if input_size is None else as_size(input_size)
     with static_mode() as paddle, silenced():
         from acnet_convert.nn.models import ResNetACNet  # imports paddle: after import_paddle, quietly
 
         main, startup, scope = paddle.static.Program(), paddle.static.Program(), paddle.static.Scope()
         with paddle.static.program_guard(main, startup), paddle.static.scope_guard(scope), \
                 paddle.utils.unique_name.guard():
-            image = paddle.static.data(INPUT_NAME, [-1, 3, size, size], "float32")
+            image = paddle.static.data(INPUT_NAME, [-1, 3, h, w], "float32")
             model = ResNetACNet(plan, legacy_bias=legacy_bias)  # initialisers never run: no cost
             model.eval()
             paddle._pir_ops.fetch(model(image), OUTPUT_NAME, 0)

@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.errors import ConvertError, UsageError
 from acnet_convert.graph.ir import Graph
 from acnet_convert.nn.plan import Plan
 from acnet_convert.read.program import PARAMS_SUFFIX, Program, load_program, program_files
 from acnet_convert.read.program_reader import read_graph
+from acnet_convert.common.sizes import SizeLike
 from acnet_convert.common.text import printable
 
 CHECKPOINT, PROGRAM = "checkpoint", "program"
@@ -65,7 +66,7 @@ def open_source(
     *,
     arch: str = "auto",
     num_classes: int | None = None,
-    input_size: int | None = 224,
+    input_size: SizeLike | None = 224,
     allow_nonfinite: bool = False,
     digest: bool = True,
 ) -> Source:
@@ -74,7 +75,7 @@ def open_source(
     found = find_program(path)
     if found is not None:
         if arch != "auto" or num_classes is not None:
-            raise ConvertError("--arch and --num-classes describe ResNet-ACNet checkpoints; "
+            raise UsageError("--arch and --num-classes describe ResNet-ACNet checkpoints; "
                                f"{printable(found[0])} is a program that describes itself")
         program = load_program(*found)
         return Source(found[0], PROGRAM, program.format, program.sha256, program, read_graph(program))

@@ -13,6 +13,7 @@ from typing import Any
 
 from acnet_convert.common import signals
 from acnet_convert.common.failures import EXIT_BAD_INPUT, EXIT_INTERNAL
+from acnet_convert.common.text import printable
 from acnet_convert.supervise.limits import MIB
 
 US = "acnet-convert"
@@ -47,7 +48,7 @@ def _where(watched: Watched) -> tuple[str, str]:
     phase = watched.phase
     if phase is None:
         return US, "while starting"
-    return phase["native"] or US, f"while {phase['doing']} {phase['file']}"
+    return printable(phase["native"] or US), printable(f"while {phase['doing']} {phase['file']}", 1000)
 
 
 def _signal_name(number: int) -> str:

@@ -21,6 +21,8 @@ import numpy as np
 from acnet_convert.out.deploy_config import Preprocess
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.verify.runners import Runner
+from acnet_convert.common.regular_file import not_a_file
+from acnet_convert.common.sizes import size_text
 from acnet_convert.common.text import printable
 from acnet_convert.verify.verdict import NAMED, PairStats
 from acnet_convert.verify.report import ImageSetResult, Preprocessing
@@ -29,6 +31,7 @@ TRAIN = "train"
 Track = Callable[[Any, str], Iterable]
 Say = Callable[[str], None]
 StatsOf = Callable[[dict[str, bool]], list[PairStats]]  # graph -> fp16? -> the pairs to compare
+# a factory may return None: that graph is not compared (it said why)
 
 
 @dataclass
@@ -39,6 +42,7 @@ class RunResult:
     images: int
     image_set: ImageSetResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    sizes: dict[tuple[int, int], int] = field(default_factory=dict)  # (H, W) -> images compared at it
 
 
 class RandomBatches:
@@ -57,14 +61,30 @@ class RandomBatches:
             yield rng.standard_normal((self.batch_size, *self.shape), dtype=np.float32)
 
 
+class Chained:
+    """Several batch sources (e.g. the fused size's RandomBatches, then a second size's), one
+    after the other; every pass yields the same batches."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = list(parts)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for part in self.parts:
+            yield from part
+
+
 def load_inputs(path: Path, shape: tuple[int, ...], batch_size: int) -> list[np.ndarray]:
     """A float32 [N, C, H, W] .npy file, split into batches. A dimension of `shape` that is -1
     (dynamic in the model) takes any size."""
     path = Path(path)
     if path.suffix != ".npy":
         raise ConvertError(f"--inputs {printable(path)}: expected a .npy file (numpy.save of a float32 [N,C,H,W] array)")
-    if not path.is_file():
-        raise ConvertError(f"--inputs {printable(path)} does not exist")
+    why = not_a_file(path)
+    if why:
+        raise ConvertError(f"--inputs {printable(path)} {why}")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)  # header checks before reading
     except (ValueError, OSError, EOFError) as err:
@@ -109,7 +129,7 @@ class MemoryFeed:
     def first(self) -> np.ndarray:
         return next(iter(self.batches))
 
-    def run(self, factories: Sequence[Callable[[], Runner]], stats_of: StatsOf, track: Track | None, say: Say,
+    def run(self, factories: Sequence[Callable[[], Runner | None]], stats_of: StatsOf, track: Track | None, say: Say,
             release: Callable[[], None]) -> RunResult:
         outputs: dict[str, list[list[np.ndarray]]] = {}
         fp16: dict[str, bool] = {}
@@ -119,26 +139,36 @@ class MemoryFeed:
         for make in factories:
             start = time.perf_counter()
             runner = make()
+            if runner is None:
+                continue
             made = time.perf_counter()
             items = track(self.batches, f"running {runner.name}") if track else self.batches
-            outputs[runner.name] = [runner(batch) for batch in items]
+            outputs[runner.name] = [runner(batch) if runner.accepts(batch.shape[1:]) else None for batch in items]
             timings[f"{runner.name} load"] = made - start
             timings[f"{runner.name} run"] = time.perf_counter() - made
             runner.close()
             for text in runner.notes:
                 say(text)
+            skipped = sorted({size_text(b.shape[2:]) for b, o in zip(self.batches, outputs[runner.name]) if o is None})
+            if skipped:
+                say(f"{printable(runner.path.name)} has a fixed input size: {runner.name} not compared at "
+                    f"{', '.join(skipped)}")
             fp16[runner.name], paths[runner.name] = runner.fp16, runner.path
             providers += runner.providers
             del runner
             release()
         stats = stats_of(fp16)
         images = 0
+        sizes: dict[tuple[int, int], int] = {}
         for k, batch in enumerate(self.batches):
-            check_shapes({name: out[k] for name, out in outputs.items()}, paths)
+            check_shapes({name: out[k] for name, out in outputs.items() if out[k] is not None}, paths)
             for s in stats:
-                s.update(outputs[s.a][k], outputs[s.b][k])
+                if outputs[s.a][k] is not None and outputs[s.b][k] is not None:
+                    s.update(outputs[s.a][k], outputs[s.b][k])
             images += len(batch)
-        return RunResult(stats, paths, providers, images, timings=timings)
+            hw = (int(batch.shape[2]), int(batch.shape[3])) if batch.ndim == 4 else (0, 0)
+            sizes[hw] = sizes.get(hw, 0) + len(batch)
+        return RunResult(stats, paths, providers, images, timings=timings, sizes=sizes)
 
 
 class _Peekable:
@@ -152,6 +182,11 @@ class _Peekable:
         if not self._head:
             self._head.append(next(self._it, None))
         return self._head[0]
+
+    def drop(self) -> None:
+        """Forget the peeked item (the loop will not see it)."""
+        self.peek()
+        self._head.clear()
 
     def __iter__(self) -> Iterator[Any]:
         if self._head:
@@ -186,12 +221,17 @@ class ImageFeed:
         self.stream = _Peekable(self.batches)
 
     def first(self) -> np.ndarray | None:
+        """The first batch with an image in it (a batch whose every image was unreadable holds
+        none: it is skipped, its files already reported), or None when no image can be read."""
         head = self.stream.peek()
-        return head.images if head is not None and len(head.images) else None
+        while head is not None and not len(head.images):
+            self.stream.drop()
+            head = self.stream.peek()
+        return head.images if head is not None else None
 
-    def run(self, factories: Sequence[Callable[[], Runner]], stats_of: StatsOf, track: Track | None, say: Say,
+    def run(self, factories: Sequence[Callable[[], Runner | None]], stats_of: StatsOf, track: Track | None, say: Say,
             release: Callable[[], None]) -> RunResult:
-        runners = [make() for make in factories]
+        runners = [r for r in (make() for make in factories) if r is not None]
         stats = stats_of({r.name: r.fp16 for r in runners})
         paths = {r.name: r.path for r in runners}
         hits = {r.name: [0, 0] for r in runners}
@@ -223,9 +263,9 @@ class ImageFeed:
             root=str(self.images.root), found=len(self.images), read=count, skipped=self.skipped, labelled=labelled,
             correct={name: (h[0], h[1]) for name, h in hits.items()},
             preprocess=Preprocessing(p.resize_short, p.crop, tuple(p.mean), tuple(p.std), p.scale, p.interpolation,
-                                     self.origin),
+                                     self.origin, p.resize),
         )
-        return RunResult(stats, paths, providers, count, result)
+        return RunResult(stats, paths, providers, count, result, sizes={tuple(p.crop): count})
 
     @staticmethod
     def _count_hits(outputs: dict[str, list[np.ndarray]], batch: Any, hits: dict[str, list[int]]) -> int:

@@ -13,12 +13,12 @@ batch of images is decoded at once. An image that cannot be decoded (corrupt, tr
 an image, larger than Pillow's decompression-bomb limit) is skipped and reported to the caller
 with the reason; it never stops the run.
 
-Preprocessing follows PaddleClas's ResizeImage(resize_short) + CropImage + NormalizeImage +
-ToCHWImage, arithmetic included: EXIF orientation applied, RGB, both sides scaled by
-resize_short / short side and rounded, resized with Pillow (`paddle.vision.transforms`'
+Preprocessing follows PaddleClas's ResizeImage(resize_short, or size) + CropImage +
+NormalizeImage + ToCHWImage, arithmetic included: EXIF orientation applied, RGB, both sides
+scaled by resize_short / short side and rounded (or the image resized to H x W), resized with Pillow (`paddle.vision.transforms`'
 PIL backend, bilinear by default; PaddleClas's default backend is OpenCV, whose bilinear
-resampling differs in the last bits of the pixels), the centre crop at ((w - c) // 2,
-(h - c) // 2), then (x * scale - mean) / std in float32 and HWC -> CHW.
+resampling differs in the last bits of the pixels), the centre crop of H x W at
+((w - W) // 2, (h - H) // 2), then (x * scale - mean) / std in float32 and HWC -> CHW.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import numpy as np
 from acnet_convert.out.deploy_config import Preprocess
 from acnet_convert.common.budgets import IMAGE_PIXELS
 from acnet_convert.common.errors import ConvertError
-from acnet_convert.common.regular_file import kind_of
+from acnet_convert.common.regular_file import kind_of, not_a_file
 from acnet_convert.common.text import one_line, printable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -71,8 +71,9 @@ def _walk(folder: Path, prefix: str) -> Iterator[str]:
 def read_labels(path: Path) -> dict[str, int]:
     """`name index` lines (blank lines and # comments skipped) -> {name: index}."""
     path = Path(path)
-    if not path.is_file():
-        raise ConvertError(f"--labels {printable(path)} does not exist")
+    why = not_a_file(path)
+    if why:
+        raise ConvertError(f"--labels {printable(path)} {why}")
     if path.stat().st_size > _MAX_LABEL_BYTES:
         raise ConvertError(f"--labels {printable(path)} is too large to be a label list")
     labels: dict[str, int] = {}
@@ -139,8 +140,8 @@ class ImageSet:
 
 
 def load_image(path: Path, preprocess: Preprocess) -> np.ndarray:
-    """One image file -> float32 [3, crop, crop]. Raises OSError/ValueError for a bad file."""
-    from PIL import Image, ImageOps
+    """One image file -> float32 [3, crop H, crop W]. Raises OSError/ValueError for a bad file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     from acnet_convert.common.quiet import import_paddle
 
@@ -156,21 +157,23 @@ def load_image(path: Path, preprocess: Preprocess) -> np.ndarray:
         os.set_blocking(f.fileno(), True)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(f) as opened:
+            try:
+                opened = Image.open(f)
+            except UnidentifiedImageError:  # its message names the file object, not the file
+                raise ValueError("not an image Pillow can read (unknown format or damaged header)") from None
+            with opened:
                 w, h = opened.size  # from the header: the budgets apply before anything is decoded
-                percent = preprocess.resize_short / max(1, min(w, h))
-                size = (int(round(h * percent)), int(round(w * percent)))  # (h, w) resized
+                size = _resized(w, h, preprocess)
                 if w * h > IMAGE_PIXELS or size[0] * size[1] > IMAGE_PIXELS:
                     raise ValueError(f"{w}x{h} pixels, resized to {size[1]}x{size[0]} before the crop: more than "
                                      f"{IMAGE_PIXELS >> 20} Mpixel")
                 opened.load()
                 image = ImageOps.exif_transpose(opened).convert("RGB")
-    if image.size != (w, h):  # EXIF orientation swapped the sides
-        w, h = image.size
-        size = (int(round(h * percent)), int(round(w * percent)))
+    size = _resized(*image.size, preprocess)  # EXIF orientation may have swapped the sides
     image = F.resize(image, size, interpolation=preprocess.interpolation)
-    c = preprocess.crop
-    image = F.crop(image, (size[0] - c) // 2, (size[1] - c) // 2, c, c)
+    ch, cw = preprocess.crop
+    if (ch, cw) != size:
+        image = F.crop(image, (size[0] - ch) // 2, (size[1] - cw) // 2, ch, cw)
     x = np.asarray(image, dtype=np.float32)
     mean = np.asarray(preprocess.mean, np.float32).reshape(1, 1, 3)
     std = np.asarray(preprocess.std, np.float32).reshape(1, 1, 3)
@@ -178,10 +181,19 @@ def load_image(path: Path, preprocess: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def _resized(w: int, h: int, preprocess: Preprocess) -> tuple[int, int]:
+    """(h, w) of a w x h image after ResizeImage: the whole image to `resize`, or its short side
+    to `resize_short`."""
+    if preprocess.resize is not None:
+        return preprocess.resize
+    percent = preprocess.resize_short / max(1, min(w, h))
+    return int(round(h * percent)), int(round(w * percent))
+
+
 @dataclass
 class Batch:
     names: list[str]
-    images: np.ndarray  # float32 [n, 3, crop, crop]
+    images: np.ndarray  # float32 [n, 3, crop H, crop W]
     labels: np.ndarray  # int64 [n], -1 unknown
 
 
@@ -214,7 +226,6 @@ class Batches:
                 kept.append(name)
             except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many types on bad files
                 self.skipped(name, f"{type(err).__name__}: {one_line(err)}")
-        c = self.preprocess.crop
-        stacked = np.stack(arrays) if arrays else np.zeros((0, 3, c, c), np.float32)
+        stacked = np.stack(arrays) if arrays else np.zeros((0, 3, *self.preprocess.crop), np.float32)
         labels = np.asarray([self.images.label(n) for n in kept], np.int64)
         return Batch(kept, stacked, labels)

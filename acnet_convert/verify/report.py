@@ -5,11 +5,13 @@ JSON report (`VerifyReport.to_json()`)::
 
     {
       "ok": bool,                  # every pair passes, deploy weights consistent, no group diverges
+      "verdict": "MATCH" | "MISMATCH" | "INCONCLUSIVE",   # the last line of the table
       "device": "cpu" | "gpu",     # where Paddle ran
       "onnx_providers": [str],     # ONNX Runtime's providers, in order ([] without ONNX)
       "notes": [str],              # device choice, what was skipped, warnings, verdict remarks
       "arch": str | null, "num_classes": int | null,   # ResNet-ACNet checkpoints; else null
-      "input_size": int,           # H = W of the images fed
+      "sizes": [{"height": int, "width": int, "images": int}],   # the sizes fed: the fused size,
+                                   # and a second (odd, not square) one for a model of any size
       "images": int,               # images compared
       "inputs": "random" | "npy" | "images",
       "atol": float, "rtol": float,
@@ -27,7 +29,8 @@ JSON report (`VerifyReport.to_json()`)::
         {"a": "train", "b": "paddle-deploy",
          "max_abs_error": float,   # max |a_ij - b_ij|, element-wise
          "max_rel_error": float,   # max |a_ij - b_ij| / max(s_i, 1e-12)
-         "tolerance_ratio": float, # max |a_ij - b_ij| / (atol + rtol * s_i): pass iff <= 1
+         "tolerance_ratio": float, # max |a_ij - b_ij| / (atol_i + rtol * s_i): pass iff <= 1
+                                   # and conclusive; atol_i = min(atol, 1% of the spread r_i)
          "cosine": float,          # smallest per-sample cosine similarity
          "top1_agreement": float | null,   # fraction of images whose arg-max agrees
                                            # (null for dense outputs)
@@ -35,7 +38,12 @@ JSON report (`VerifyReport.to_json()`)::
          "atol": float, "rtol": float,     # the tolerances this pair was held to
          "fp16": bool,             # b is a float16 ONNX model
          "elementwise_pass": bool, # numpy.allclose's rule, for reference only
-         "pass": bool}             # the verdict: every |a_ij - b_ij| <= atol + rtol * s_i
+         "informative": int,       # images on which every constant model fails
+         "atol_capped": int,       # images whose spread capped atol (small outputs)
+         "inconclusive": bool,     # within tolerance, but informative == 0: a constant
+                                   # model would pass too (fails the pair)
+         "pass": bool}             # the verdict: every |a_ij - b_ij| <= atol_i + rtol * s_i,
+                                   # and not inconclusive
       ],
       "per_layer": null | {        # --per-layer: every fused group (manifest order) on the first batch
         "first_divergent_layer": str | null,
@@ -50,7 +58,8 @@ JSON report (`VerifyReport.to_json()`)::
         "skipped": int, "skipped_files": [{"name": str, "error": str}],   # corrupt, unreadable
         "labelled": int,           # images with a known class
         "accuracy": {graph: {"top1": float, "top5": float}} | null,       # when labelled
-        "preprocess": {"resize_short": int, "crop": int, "mean": [float], "std": [float],
+        "preprocess": {"resize_short": int | null, "resize": [int, int] | null, "crop": [int, int],
+                       "mean": [float], "std": [float],
                        "scale": float, "interpolation": str, "from": str}
       }
     }
@@ -66,7 +75,10 @@ from typing import Any
 import numpy as np
 
 from acnet_convert.common.text import printable
-from acnet_convert.verify.verdict import NAMED, PairResult, finite
+from acnet_convert.verify.verdict import NAMED, SPREAD_SHARE, PairResult, finite
+
+
+WIDTH = 80  # columns of a terminal: the table's lines fit in it
 
 
 def _sci(x: float | None) -> str:
@@ -105,13 +117,14 @@ class SourceInfo:
 class Preprocessing:
     """How --images were turned into tensors (see deploy_config.Preprocess), for the report."""
 
-    resize_short: int
-    crop: int
+    resize_short: int | None
+    crop: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     scale: float
     interpolation: str
     origin: str  # where it came from: "OUT/inference.yml", "defaults", "+ flags"
+    resize: tuple[int, int] | None = None  # (H, W): the whole image resized to it (no short side)
 
 
 @dataclass
@@ -135,7 +148,8 @@ class ImageSetResult:
             "root": self.root, "found": self.found, "read": self.read, "skipped": len(self.skipped),
             "skipped_files": [{"name": n, "error": e} for n, e in self.skipped],
             "labelled": self.labelled, "accuracy": self.accuracy(),
-            "preprocess": {"resize_short": p.resize_short, "crop": p.crop, "mean": list(p.mean), "std": list(p.std),
+            "preprocess": {"resize_short": p.resize_short, "resize": None if p.resize is None else list(p.resize),
+                           "crop": list(p.crop), "mean": list(p.mean), "std": list(p.std),
                            "scale": p.scale, "interpolation": p.interpolation, "from": p.origin},
         }
 
@@ -145,7 +159,7 @@ class VerifyReport:
     device: str
     arch: str | None
     num_classes: int | None
-    input_size: int
+    sizes: list[tuple[int, int, int]]  # (H, W, images fed at that size)
     images: int
     inputs: str
     atol: float
@@ -178,6 +192,35 @@ class VerifyReport:
     def ok(self) -> bool:
         return self.pairs_pass and self.deploy_weights_consistent and self.first_divergent_layer is None
 
+    @property
+    def inconclusive(self) -> bool:
+        """Nothing failed, but some pair could not tell its reference from a constant."""
+        return (any(p.inconclusive for p in self.pairs) and all(p.passed or p.inconclusive for p in self.pairs)
+                and self.deploy_weights_consistent and self.first_divergent_layer is None)
+
+    @property
+    def verdict(self) -> str:
+        """The report's last line: MATCH, MISMATCH or INCONCLUSIVE."""
+        return "MATCH" if self.ok else "INCONCLUSIVE" if self.inconclusive else "MISMATCH"
+
+    def atol_remark(self) -> str | None:
+        """On how many images atol was capped by the spread of the outputs (verdict)."""
+        capped = max((p.atol_capped for p in self.pairs if not p.fp16), default=0)
+        if not capped:
+            return None
+        samples = max(p.samples for p in self.pairs)
+        return (f"atol {self.atol:g} capped at {SPREAD_SHARE:.1%} of the outputs' spread on {capped} of {samples} "
+                "images (their outputs are small)")
+
+    def inconclusive_remark(self) -> str | None:
+        """Why an inconclusive pair proves nothing."""
+        pair = next((p for p in self.pairs if p.inconclusive), None)
+        if pair is None:
+            return None
+        return (f"{pair.a} ~ {pair.b} is inconclusive: on every image the outputs of {pair.a} lie within the "
+                "tolerance of a constant, so a model that outputs a constant would pass too; verify on inputs "
+                "the model tells apart (--images, --inputs)")
+
     def verdict_remark(self) -> str | None:
         """Why the per-layer verdict and the pairs' verdict differ, when they do."""
         if self.layers is None or not self.layers:
@@ -198,7 +241,7 @@ class VerifyReport:
         """When two deploy runtimes of the same fused weights (no fusion between them) already
         differ beyond the tolerance, float32 rounding of this network is what the tolerance
         misses: say so, with an rtol that would judge the fusion instead."""
-        runtime = [p for p in self.pairs if p.a != "train" and p.b != "train" and not p.fp16 and not p.passed]
+        runtime = [p for p in self.pairs if p.a != "train" and p.b != "train" and not p.fp16 and not p.tolerance_ratio <= 1]
         if not runtime or not all(np.isfinite(p.max_rel_error) for p in runtime):
             return None
         worst = max(runtime, key=lambda p: p.max_rel_error)
@@ -206,7 +249,7 @@ class VerifyReport:
         # that agrees with the train graph leaves the other one wrong (a foreign or broken ONNX),
         # and a wider rtol would pass it
         from_train = {p.b: p for p in self.pairs if p.a == "train"}
-        if any(name not in from_train or from_train[name].passed
+        if any(name not in from_train or from_train[name].tolerance_ratio <= 1
                or not from_train[name].max_rel_error >= worst.max_rel_error / 10 for name in (worst.a, worst.b)):
             return None
         suggested = float(f"{2 * worst.max_rel_error:.0e}")
@@ -223,15 +266,17 @@ class VerifyReport:
                 "images": self.per_layer_images,
                 "layers": [layer.to_json() for layer in self.layers],
             }
-        remarks = [r for r in (self.verdict_remark(), self.rounding_remark()) if r]
+        remarks = [r for r in (self.verdict_remark(), self.rounding_remark(), self.atol_remark(),
+                                self.inconclusive_remark()) if r]
         return {
             "ok": self.ok,
+            "verdict": self.verdict,
             "device": self.device,
             "onnx_providers": list(self.onnx_providers),
             "notes": list(self.notes) + remarks,
             "arch": self.arch,
             "num_classes": self.num_classes,
-            "input_size": self.input_size,
+            "sizes": [{"height": h, "width": w, "images": n} for h, w, n in self.sizes],
             "images": self.images,
             "inputs": self.inputs,
             "atol": self.atol,
@@ -248,26 +293,33 @@ class VerifyReport:
         }
 
     def format_table(self) -> str:
+        """The report for a terminal: no line wider than WIDTH columns (names and paths aside)."""
         what = self.arch or "model"
         classes = f", {self.num_classes} classes" if self.num_classes else ""
-        size = f"{self.input_size}x{self.input_size}"
         kind = "" if self.inputs == "images" else f"{self.inputs} "  # "8 random images", not "9 images images"
+        sizes = " and ".join(f"{n} of {h}x{w}" for h, w, n in self.sizes[1:])
+        size = f"{self.sizes[0][0]}x{self.sizes[0][1]}" if self.sizes else "?"
+        rtol = next((p.rtol for p in self.pairs if not p.fp16), self.rtol)
+        first = self.sizes[0][2] if self.sizes else self.images
         lines = [
-            f"{printable(what)}{classes}: {self.images} {kind}images of {size} on the {self.device.upper()}"
-            f" (atol {self.atol:g}, rtol {self.rtol:g}, scaled by each image's largest |output|)",
-            f"  {'pair':<30} {'max abs':>9} {'max rel':>9} {'of tol':>8} {'min cos':>9} {'top-1':>7}  result",
+            f"{printable(what)}{classes}: {first} {kind}images of {size}{' and ' + sizes if sizes else ''} on the "
+            f"{self.device.upper()}",
+            f"pass when |a - b| <= {self.atol:g} + {rtol:.2g} x each image's largest |output|",
+            f"  {'pair':<29} {'max abs':>8} {'max rel':>8} {'of tol':>7} {'min cos':>8} {'top-1':>6}  result",
         ]
         for p in self.pairs:
             top1 = "n/a" if p.top1_agreement is None else f"{p.top1_agreement:.1%}"
-            fp16 = f"  (fp16: atol {p.atol:g}, rtol {p.rtol:g})" if p.fp16 else ""
+            result = "pass" if p.passed else "n/c" if p.inconclusive else "FAIL"
             lines.append(
-                f"  {p.a + ' ~ ' + p.b:<30} {_sci(p.max_abs_error):>9} {_sci(p.max_rel_error):>9} "
-                f"{_ratio(p.tolerance_ratio):>8} {p.cosine:>9.6f} {top1:>7}  {'pass' if p.passed else 'FAIL'}{fp16}"
+                f"  {p.a + ' ~ ' + p.b:<29} {_sci(p.max_abs_error):>8} {_sci(p.max_rel_error):>8} "
+                f"{_ratio(p.tolerance_ratio):>7} {_cos(p.cosine):>8} {top1:>6}  {result}"
             )
+            if p.fp16:
+                lines.append(f"    float16 model: held to atol {p.atol:g}, rtol {p.rtol:g}")
             if p.top1_differs:
                 named = ", ".join(printable(n, 80) for n in p.top1_differs_names)
                 more = f" and {p.top1_differs - len(p.top1_differs_names)} more" if p.top1_differs > len(p.top1_differs_names) else ""
-                lines.append(f"    top-1 differs in {p.top1_differs} image(s): {named}{more}")
+                lines += _wrapped(f"top-1 differs in {p.top1_differs} image(s): {named}{more}", "    ")
         if self.image_set is not None:
             lines += self._image_lines(self.image_set)
         if self.deploy_weights_consistent:
@@ -275,31 +327,26 @@ class VerifyReport:
         else:
             shown = ", ".join(printable(n) for n in self.mismatched_tensors[:5])
             more = f" and {len(self.mismatched_tensors) - 5} more" if len(self.mismatched_tensors) > 5 else ""
-            lines.append(
-                f"  deploy weights: inference.pdiparams and deploy.pdparams differ in "
-                f"{len(self.mismatched_tensors)} tensor(s): {shown}{more}  FAIL"
-            )
+            lines += _wrapped(f"deploy weights: inference.pdiparams and deploy.pdparams differ in "
+                              f"{len(self.mismatched_tensors)} tensor(s): {shown}{more}  FAIL")
         if self.layers is not None:
             first = self.first_divergent_layer
             if first is None:
                 worst = max((layer.tolerance_ratio for layer in self.layers), default=0.0)
-                lines.append(f"  per layer: all {len(self.layers)} fused groups agree "
-                             f"(worst {_ratio(worst)} of tolerance, {self.per_layer_images} images)")
+                lines += _wrapped(f"per layer: all {len(self.layers)} fused groups agree "
+                                  f"(worst {_ratio(worst)} of tolerance, {self.per_layer_images} images)")
             else:
                 bad = [layer for layer in self.layers if not layer.passed]
                 layer = bad[0]
                 detail = layer.why or f"max abs {_sci(layer.max_abs_error)}, {_ratio(layer.tolerance_ratio)} of tolerance"
-                lines.append(f"  per layer: first divergent group {printable(first)} ({detail}); "
-                             f"{len(bad)} of {len(self.layers)} groups diverge  FAIL")
-            remark = self.verdict_remark()
+                lines += _wrapped(f"per layer: first divergent group {printable(first)} ({detail}); "
+                                  f"{len(bad)} of {len(self.layers)} groups diverge  FAIL")
+        for remark in (self.verdict_remark(), self.rounding_remark(), self.atol_remark(), self.inconclusive_remark()):
             if remark:
-                lines.append(f"  note: {remark}")
-        rounding = self.rounding_remark()
-        if rounding:
-            lines.append(f"  note: {rounding}")
+                lines += _wrapped(f"note: {remark}")
         if not self.source.checked:
-            lines.append(f"  source: {printable(self.source.path)} is not the one recorded in manifest.json")
-        lines.append("MATCH" if self.ok else "MISMATCH")
+            lines += _wrapped(f"source: {printable(self.source.path)} is not the one recorded in manifest.json")
+        lines.append(self.verdict)
         return "\n".join(lines)
 
     @staticmethod
@@ -317,5 +364,23 @@ class VerifyReport:
 
 
 def _ratio(x: float) -> str:
-    """A tolerance ratio: 0.109, 9.66, 117, 8.02e+03, inf."""
-    return f"{x:.3g}" if np.isfinite(x) else "inf"
+    """A tolerance ratio in at most 7 characters: 0, 1e-07, 0.0582, 9.66, 117, 8.0e+03, inf."""
+    if not np.isfinite(x):
+        return "inf"
+    if x == 0:
+        return "0"
+    return f"{x:.0e}" if x < 1e-3 else f"{x:.1e}" if x >= 1e3 else f"{x:.3g}"
+
+
+def _cos(x: float) -> str:
+    """A cosine in 8 characters: 1.000000, 0.999871, -0.12345."""
+    return f"{x:.6f}" if x >= 0 else f"{x:.5f}"
+
+
+def _wrapped(text: str, indent: str = "  ") -> list[str]:
+    """`text` in lines of at most WIDTH columns, the first indented by `indent`, the others by
+    two more spaces (a word longer than a line, such as a path, is not broken)."""
+    import textwrap
+
+    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "  ",
+                         break_long_words=False, break_on_hyphens=False) or [indent]

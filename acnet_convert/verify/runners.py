@@ -46,6 +46,10 @@ def cpu_threads() -> int:
     return max(1, min(available, MAX_THREADS))
 
 
+class SizeRefused(ConvertError):
+    """A model fixed at a size that none of verify's inputs has."""
+
+
 @dataclass
 class Runner:
     name: str  # the graph's name in the report: "train", "paddle-deploy", "paddle-legacy", "onnx"
@@ -56,6 +60,7 @@ class Runner:
     providers: list[str] = field(default_factory=list)  # ONNX Runtime's, in order
     close: Callable[[], None] = lambda: None
     runtime: str = PADDLE  # the native library that runs it (`common.phase`)
+    accepts: Callable[[tuple[int, ...]], bool] = lambda _shape: True  # can it run a batch of [C, H, W]?
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         step = max(1, CHUNK_PIXELS // max(1, int(np.prod(batch.shape[2:]))))
@@ -296,9 +301,10 @@ def _onnx_fp16(path: Path) -> bool:
     return False
 
 
-def onnx_session(path: Path, device: Device, image_shape: tuple[int, ...] | None = None, name: str = "onnx") -> Runner:
-    """`path` under ONNX Runtime with the providers `device` chose. `image_shape` (C, H, W) is
-    what verify will feed: a model whose fixed input size differs is refused."""
+def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str = "onnx") -> Runner:
+    """`path` under ONNX Runtime with the providers `device` chose. `image_shape` (C, H, W), or a
+    list of them, is what verify will feed: a model whose fixed input size takes none of them is
+    refused; batches of another size are then not given to it (`Runner.accepts`)."""
     path = Path(path)
     if not os.path.lexists(path):
         raise ConvertError(f"--onnx {printable(path)} does not exist")
@@ -321,12 +327,16 @@ def onnx_session(path: Path, device: Device, image_shape: tuple[int, ...] | None
         raise ConvertError(f"{printable(path)} has {len(inputs)} inputs; verify feeds models with one input")
     image = inputs[0]
     dims = list(image.shape)
-    if image_shape is not None and len(dims) == 4:
-        fixed = [d if isinstance(d, int) and d > 0 else None for d in dims[1:]]
-        if any(f is not None and f != want for f, want in zip(fixed, image_shape)):
-            shown = ", ".join("N" if not isinstance(d, int) or d < 1 else str(d) for d in dims)
-            raise ConvertError(f"{printable(path)} takes input [{shown}]; verify feeds [N, "
-                               f"{', '.join(map(str, image_shape))}]")
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in dims[1:]] if len(dims) == 4 else []
+
+    def accepts(shape: tuple[int, ...]) -> bool:
+        return all(f is None or f == want for f, want in zip(fixed, shape))
+
+    shapes = [image_shape] if image_shape is not None and isinstance(image_shape[0], int) else list(image_shape or [])
+    if shapes and not any(accepts(tuple(s)) for s in shapes):
+        shown = ", ".join("N" if not isinstance(d, int) or d < 1 else str(d) for d in dims)
+        fed = " or ".join(f"[N, {', '.join(map(str, s))}]" for s in shapes)
+        raise SizeRefused(f"{printable(path)} takes input [{shown}]; verify feeds {fed}")
     dtype = np.float16 if image.type == "tensor(float16)" else np.float32
     outputs = [o.name for o in session.get_outputs()]
     # export-onnx --static-batch fixes the batch dimension (to 1): feed such a model in steps
@@ -342,7 +352,7 @@ def onnx_session(path: Path, device: Device, image_shape: tuple[int, ...] | None
         return once(batch) if step is None else in_steps(once, batch, step)
 
     providers = list(session.get_providers())
-    runner = Runner(name, path, run, fp16=fp16, close=lambda: state.clear(), runtime=ORT)
+    runner = Runner(name, path, run, fp16=fp16, close=lambda: state.clear(), runtime=ORT, accepts=accepts)
     runner.notes.append(f"ONNX Runtime ran {printable(path.name)} with {', '.join(providers)}"
                         + (f", batch fixed to {step}: fed in steps" if step else "")
                         + (", in float16" if fp16 else ""))

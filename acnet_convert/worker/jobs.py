@@ -13,10 +13,16 @@ from acnet_convert.out.artifacts import ONNX_MODEL, Artifacts
 from acnet_convert.worker.channel import Channel
 
 _PATHS = ("source", "ckpt", "onnx", "inputs", "images", "labels")
+_TUPLES = ("input_size", "crop", "mean", "std")  # sizes (H, W) and R,G,B: JSON made them lists
 
 
 def _paths(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: Path(v) if k in _PATHS and isinstance(v, str) else v for k, v in options.items()}
+    def value(key: str, v: Any) -> Any:
+        if key in _PATHS and isinstance(v, str):
+            return Path(v)
+        return tuple(v) if key in _TUPLES and isinstance(v, list) else v
+
+    return {k: value(k, v) for k, v in options.items()}
 
 
 def fuse(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
@@ -27,11 +33,8 @@ def fuse(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
     source, out, into = options.pop("source"), Path(options.pop("out")), Path(options.pop("into"))
     with phase("fusing", source):
         result = run(source, out, into=into, track=channel.track, note=channel.note, **options)
-    return {
-        "arch": result.manifest.arch, "num_classes": result.manifest.num_classes, "kind": result.source.kind,
-        "ignored": result.source.ignored, "declined": len(result.declined), "counts": result.counts,
-        "format": result.manifest.formats[0], "files": result.files, "warnings": list(result.warnings),
-    }
+    return {"summary": result.summary(), "format": result.manifest.formats[0], "files": result.files,
+            "warnings": list(result.warnings)}
 
 
 def export_onnx(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
@@ -52,7 +55,9 @@ def verify(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
     out = Path(options.pop("out_dir"))
     with phase("verifying", out):
         report = run(out, note=channel.note, track=channel.track, **options)
-    return {"ok": report.ok, "table": report.format_table(), "report": report.to_json()}
+    # the table without its last line, the verdict, which the command process prints (coloured)
+    table = report.format_table().rsplit("\n", 1)[0]
+    return {"ok": report.ok, "verdict": report.verdict, "table": table, "report": report.to_json()}
 
 
 def inspect(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
@@ -62,7 +67,7 @@ def inspect(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
     path = Path(options["path"])
     with phase("describing", path):
-        report = describe(path, input_size=options.get("input_size"))
+        report = describe(path, input_size=_paths(options).get("input_size"))
     return {"text": json.dumps(report, indent=2) if options.get("as_json") else format_report(report)}
 
 

@@ -18,16 +18,10 @@ from typing import Mapping
 
 import numpy as np
 
-from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.errors import ConvertError, UsageError
 from acnet_convert.read.lod_tensor import write_lod_tensor
 from acnet_convert.nn.plan import Plan
 from acnet_convert.common.text import printable
-
-
-class UsageError(ConvertError):
-    """An option that does not apply to this input (exit 2, like click's usage errors)."""
-
-    exit_code = 2
 
 
 def check_reference_source(plan: Plan | None, source: str) -> Plan:

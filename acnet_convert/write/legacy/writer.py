@@ -47,7 +47,7 @@ def translate(graph: Graph) -> LegacyProgram:
     if missing:
         node = next(n for n in graph.nodes if n.op == missing[0])
         raise ConvertError(f"{printable(node.where())}: op '{printable(node.op)}' has no translation to the legacy "
-                           f"Paddle format; use --paddle-format pir (translated: {', '.join(supported_ops())})")
+                           "Paddle format; use --paddle-format pir", listing=("translated ops", supported_ops()))
     b = LegacyBuilder(graph)
     for node in graph.nodes:
         if node.op in CONSTANT_OPS:

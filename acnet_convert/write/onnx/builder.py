@@ -26,7 +26,7 @@ _SMALL = 4096
 
 def refusal(where: str, reason: str, supported: Iterable[str]) -> ConvertError:
     """One line: where the node sits, why it cannot be translated, what can be."""
-    return ConvertError(f"{printable(where)}: {reason}; supported ops: {', '.join(sorted(supported))}")
+    return ConvertError(f"{printable(where)}: {reason}", listing=("supported ops", sorted(supported)))
 
 
 class OnnxBuilder:
