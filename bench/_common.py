@@ -117,9 +117,9 @@ def checkpoint_dir(depth: int = 50, classes: int = 1000) -> Path:
 
 
 def package_digest(names: tuple[str, ...] | None = None) -> str:
-    """A digest of the package's source (every acnet_convert/**/*.py, or the named files, relative
-    to acnet_convert/): cached outputs stamped with it are rebuilt when the code that made them
-    changes."""
+    """A digest of the package's source (all of acnet_convert/**/*.py, or the named files, paths
+    inside acnet_convert/): cached outputs stamped with it are rebuilt when the code that made
+    them changes."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -185,7 +185,8 @@ def _train_export_child(ckpt: Path, out: Path) -> None:
 
 
 # the package files a cached train graph depends on (a change to any of them rebuilds it)
-_GRAPH_SOURCES = ("plan.py", "plan_program.py", "program_reader.py", "models.py", "nn.py", "graph.py")
+_GRAPH_SOURCES = ("nn/plan.py", "read/plan_program.py", "read/program_reader.py", "nn/models.py", "nn/blocks.py",
+                  "graph/ir.py")
 
 
 def synthetic_tensors(plan, seed: int = 0) -> dict:

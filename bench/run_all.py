@@ -9,7 +9,9 @@ parts' memory), and can be run alone:
   bench/onnx_latency.py  4: ONNX Runtime vs paddle.inference on the deploy model
   bench/deploy_formats.py 5: extra time of --paddle-format both and export-onnx --fp16; fp16 vs fp32 ORT latency
   bench/verify.py        6: `acnet-convert verify` of ResNet-50 (64 images, 3 graphs): time, peak RSS, split, vs before
-  bench/pattern_scaling.py p: find_groups time vs graph size (linear in the number of ops)
+  bench/pattern_scaling.py p: find_regions and fold_graph time vs graph size (linear in the number of ops)
+  bench/big_program.py   b: `fuse` of a 100,000-op program vs Paddle's own load of it (slow: ~10 min a round)
+  bench/onnx_source.py   o: ONNX sources: fused vs upstream-deployed latency in ONNX Runtime; fuse of 100 MB vs load+save
 Fixtures (a real ResNet-50 ACNet checkpoint, its fuse output, the train / plain inference models,
 model.onnx) are made once and cached in build/bench/ (ACNET_BENCH_CACHE overrides).
 """
@@ -26,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PYTHON, Row, checkpoint_dir, machine_line, markdown, note
 
 HERE = Path(__file__).resolve().parent
-PARTS = {"1": "fusion.py", "2": "fuse_e2e.py", "3": "latency.py", "4": "onnx_latency.py", "5": "deploy_formats.py", "6": "verify.py", "p": "pattern_scaling.py"}
+PARTS = {"1": "fusion.py", "2": "fuse_e2e.py", "3": "latency.py", "4": "onnx_latency.py", "5": "deploy_formats.py", "6": "verify.py",
+         "p": "pattern_scaling.py", "o": "onnx_source.py", "b": "big_program.py"}
 
 
 def main() -> int:
@@ -34,7 +37,7 @@ def main() -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions in every part (noisier)")
-    p.add_argument("--parts", default="123456p", help="which parts to run, e.g. 13 (default: 123456p)")
+    p.add_argument("--parts", default="123456po", help="which parts to run, e.g. 13 (default: 123456po; b, a 100,000-op program, takes ~10 min a round)")
     args = p.parse_args()
     parts = [k for k in PARTS if k in args.parts]
     started = time.perf_counter()

@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 from fixtures.make_checkpoint import make_checkpoint  # noqa: E402
+# the rep_blocks exports, one per session: defined there, registered here (a fixture imported into
+# a test module would be that module's own, exported again)
+from tests.rep_fixtures import rep_models, rep_reference  # noqa: E402,F401
 
 TEST_INPUT = 64  # small images keep the Paddle runs fast; ResNet needs >= 32
 NUM_CLASSES = 10

@@ -50,7 +50,7 @@ def test_real_processes_are_quiet(checkpoints, tmp_path: Path) -> None:
     assert fuse.stdout.startswith(f"fused resnet18 ({NUM_CLASSES} classes): 17 branch sums, 4 conv+BN into 21 convs, each proven")
     export = cli_run("export-onnx", out)
     assert export.returncode == 0, export.stderr
-    assert export.stdout.strip() == f"wrote {out / 'model.onnx'} (opset 17, batch dynamic, size {TEST_INPUT}x{TEST_INPUT}, float32)"
+    assert export.stdout.strip() == f"wrote {out / 'model.onnx'} (opset 17, batch dynamic, size dynamic, float32)"
     verify = cli_run("verify", out, "--batches", "1", "--per-layer", "--json", tmp_path / "report.json")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.strip().splitlines()[-1] == "MATCH"

@@ -1,6 +1,6 @@
 """`fuse --onnx` / `export-onnx` on real checkpoints: ONNX Runtime computes what the Paddle deploy
-model and the legacy static train program compute, at a fixed size, at any size
-(--dynamic-size), and in float16 (--fp16, with its range check)."""
+model and the legacy static train program compute, at any size (the default: a ResNet takes any
+size), at a fixed size (--static-size), and in float16 (--fp16, with its range check)."""
 from __future__ import annotations
 
 import json
@@ -64,34 +64,52 @@ def test_export_onnx_command_dynamic_and_static_batch(fused, images, tmp_path) -
     dynamic = tmp_path / "dynamic.onnx"
     result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(dynamic)])
     assert result.exit_code == 0, result.output
-    assert "batch dynamic, size 64x64, float32" in result.output
+    assert "batch dynamic, size dynamic, float32" in result.output
     assert run_onnx(dynamic, images[:1]).shape == (1, NUM_CLASSES)
     assert run_onnx(dynamic, np.concatenate([images, images[:1]])).shape == (5, NUM_CLASSES)
 
     static = tmp_path / "static.onnx"
-    result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(static), "--static-batch", "--opset", "13"])
+    result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(static), "--static-batch", "--static-size",
+                                      "--opset", "13"])
     assert result.exit_code == 0, result.output
+    assert "batch 1, size 64x64, float32" in result.output
     dims = onnx.load(static).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 3, images.shape[2], images.shape[3]]
     np.testing.assert_allclose(run_onnx(static, images[:1]), run_onnx(dynamic, images[:1]), atol=1e-6)
+    with pytest.raises(Exception, match="(?i)dimension"):  # a fixed size is fixed
+        run_onnx(static, np.zeros((1, 3, 96, 96), np.float32))
+    # -o elsewhere leaves the manifest alone; OUT/model.onnx is recorded in it
+    assert json.loads((out / "manifest.json").read_text())["onnx_input"] is None
 
 
-def test_fuse_onnx_dynamic_size_matches_paddle_at_224_and_320(checkpoints, tmp_path) -> None:
+def test_fuse_onnx_takes_any_size_by_default_matching_paddle_at_224_and_320(checkpoints, tmp_path) -> None:
     out = tmp_path / "out"
-    fuse(checkpoints(18, "vars"), out, input_size=TEST_INPUT, onnx=True, dynamic_size=True, paddle_format="pir")
+    fuse(checkpoints(18, "vars"), out, input_size=TEST_INPUT, onnx=True, paddle_format="pir")
     dims = onnx.load(out / "model.onnx").graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["N", 3, "H", "W"]
+    assert json.loads((out / "manifest.json").read_text())["onnx_input"] == ["N", 3, "H", "W"]
     rng = np.random.default_rng(7)
     for size in (224, 320):
         images = rng.normal(size=(2, 3, size, size)).astype(np.float32)
         got, expected = run_onnx(out / "model.onnx", images), run_paddle(out, images)
         assert np.abs(got - expected).max() < 2e-5 * _scale(expected), size
+    # export-onnx into OUT with --static-size: the manifest says so
+    result = CliRunner().invoke(cli, ["export-onnx", str(out), "--static-size", "--force"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["onnx_input"] == ["N", 3, TEST_INPUT, TEST_INPUT]
+    result = CliRunner().invoke(cli, ["verify", str(out), "--batches", "1", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+
+
+def test_static_size_goes_with_onnx(checkpoints, tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["fuse", str(checkpoints(18, "vars")), str(tmp_path / "out"), "--static-size"])
+    assert result.exit_code == 2 and "--static-size" in result.output
 
 
 def test_export_onnx_dynamic_size_runs_non_square_inputs(fused, tmp_path) -> None:
     out = fused(18, "vars")
     path = tmp_path / "any.onnx"
-    export_onnx(Artifacts(out), output=path, dynamic_size=True)
+    export_onnx(Artifacts(out), output=path)
     images = np.random.default_rng(8).normal(size=(1, 3, 96, 160)).astype(np.float32)
     got, expected = run_onnx(path, images), run_paddle(out, images)
     assert np.abs(got - expected).max() < 2e-5 * _scale(expected)
@@ -142,3 +160,18 @@ def test_export_onnx_refuses_an_existing_file_without_force(fused, tmp_path) -> 
     result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(path), "--force"])
     assert result.exit_code == 0, result.output
     onnx.checker.check_model(onnx.load(path))
+
+
+def test_free_axes_follow_the_source(fused) -> None:
+    """Which input axes the ONNX model leaves symbolic by default: both for a checkpoint's
+    ResNet, the ones a program leaves open (-1) for a program, none for a fixed-size one."""
+    from dataclasses import replace
+
+    from acnet_convert.commands.export_onnx import free_axes
+    from acnet_convert.out.artifacts import Artifacts, InputRecord
+
+    manifest = Artifacts(fused(18, "vars")).read_manifest()
+    assert manifest.source.kind == "checkpoint" and free_axes(manifest) == (2, 3)
+    program = replace(manifest, source=replace(manifest.source, kind="program"))
+    for shape, free in (((-1, 3, 32, -1), (3,)), ((-1, 3, -1, -1), (2, 3)), ((-1, 3, 32, 32), ())):
+        assert free_axes(replace(program, inputs=(InputRecord("image", shape, "float32"),))) == free

@@ -81,12 +81,23 @@ def test_border_mismatches_are_visible_and_the_interior_is_exact(build, written)
 
 
 def test_owned_maps_are_updated_in_place_and_others_are_not() -> None:
-    a = A.conv(I, K33, None, (1, 1), (1, 1), (1, 1, 1, 1), 1)
+    a = A.scale_shift(A.conv(I, K33, None, (1, 1), (1, 1), (1, 1, 1, 1), 1), 1.5)  # a kernel of the fold's own
     before = a.kernel.copy()
     A.scale_shift(a, 2.0)
     assert np.array_equal(a.kernel, before)
     A.scale_shift(a, 2.0, owned=True)
     assert np.allclose(a.kernel, 2 * before)
+
+
+def test_a_weight_of_the_graph_is_never_written() -> None:
+    """A conv's own weight is read, never written, even by an op that owns the map holding it:
+    the first op that scales or sums it makes the float64 copy."""
+    w1, w2 = K33.copy(), K33[:, :, :, ::-1].copy()
+    scaled = A.scale_shift(A.conv(I, w1, None, (1, 1), (1, 1), (1, 1, 1, 1), 1), 2.0, owned=True)
+    summed = A.add([A.conv(I, w1, None, (1, 1), (1, 1), (1, 1, 1, 1), 1),
+                    A.conv(I, w2, None, (1, 1), (1, 1), (1, 1, 1, 1), 1)], [True, True])
+    assert np.array_equal(w1, K33) and np.array_equal(w2, K33[:, :, :, ::-1])
+    assert np.allclose(scaled.kernel, 2 * K33) and np.allclose(summed.kernel, w1 + w2)
 
 
 def test_a_crop_the_conv_cannot_express_is_refused() -> None:

@@ -271,15 +271,22 @@ def test_verify_images_with_labels_and_flag_overrides(out18_images, tmp_path) ->
 
 
 def test_verify_images_at_any_crop_the_models_take(out18_images, tmp_path) -> None:
-    """A checkpoint's ResNet takes any size: --crop 72x88 runs the Paddle models there; OUT's
-    model.onnx, fixed at 64x64, is left out with a note (named with --onnx, it is an error)."""
+    """A checkpoint's ResNet takes any size: --crop 72x88 runs every model there (its model.onnx
+    takes any size too); an ONNX model fixed at 64x64 (export-onnx --static-size) is left out
+    with a note, and named with --onnx it is an error."""
+    from acnet_convert.commands.export_onnx import export_onnx
+
     image_folder(tmp_path / "imgs", classes=1, per_class=2)
     report = verify(out18_images, images=tmp_path / "imgs", crop=(72, 88))
     assert report.ok and report.sizes == [(72, 88, 2)] and report.image_set.preprocess.crop == (72, 88)
-    assert {g for g, _ in report.graphs} == {"train", "paddle-deploy", "paddle-legacy"}
+    assert {g for g, _ in report.graphs} == {"train", "paddle-deploy", "paddle-legacy", "onnx"}
+    out = Path(shutil.copytree(out18_images, tmp_path / "out"))
+    export_onnx(Artifacts(out), static_size=True)  # OUT/model.onnx fixed at 64x64
+    report = verify(out, images=tmp_path / "imgs", crop=(72, 88))
+    assert report.ok and {g for g, _ in report.graphs} == {"train", "paddle-deploy", "paddle-legacy"}
     assert any("takes input [N, 3, 64, 64]; verify feeds [N, 3, 72, 88]: not compared" in n for n in report.notes)
     with pytest.raises(ConvertError, match=r"takes input \[N, 3, 64, 64\]; verify feeds \[N, 3, 72, 88\]"):
-        verify(out18_images, images=tmp_path / "imgs", crop=(72, 88), onnx=out18_images / "model.onnx")
+        verify(out, images=tmp_path / "imgs", crop=(72, 88), onnx=out / "model.onnx")
     with pytest.raises(UsageError, match="--labels goes with --images"):
         verify(out18_images, labels=tmp_path / "labels.txt")
 

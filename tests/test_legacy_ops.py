@@ -26,7 +26,7 @@ from tests.test_onnx_ops import _calibrate, _model_classes
 TOL = 1e-5
 SIZE = 16
 # the ONNX test's families whose every op has a legacy form
-SHARED = ["Act", "Arith", "Conv", "Cumsum", "Dropout", "Interp", "MatMul", "Net"]
+SHARED = ["Act", "Arith", "Conv", "Cumsum", "Dropout", "Interp", "MatMul", "Net", "ShapeOps"]
 
 
 def _legacy_classes() -> dict:
@@ -182,7 +182,9 @@ def test_every_legacy_handler_is_exercised(exported, tmp_path) -> None:
             test_legacy_handlers_match_paddle(exported, tmp_path / name, name)
             ops = _exercised[name]
         seen |= ops
-    assert set(legacy_ops.supported_ops()) - seen == set()
+    # select_input is what a legacy program's `if` leaves, no Paddle 3 API makes it
+    # (tests/test_paddle_writer.py runs it on PP-YOLOE+'s alpha model, with a twin that fails)
+    assert set(legacy_ops.supported_ops()) - seen == {"select_input"}
 
 
 def test_a_batch_norm_paddles_legacy_op_refuses_leaves_the_pir_model_alone(tmp_path) -> None:

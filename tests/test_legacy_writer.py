@@ -15,6 +15,8 @@ from acnet_convert.commands.fuse import fuse
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.graph.ir import Graph, Node, TensorInfo
 from acnet_convert.read.lod_tensor import lod_tensor_bytes
+from acnet_convert.read.program import load_program, program_files
+from acnet_convert.read.program_reader import read_graph
 from fixtures.cnn_models import MODELS
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 from tests.conftest import TEST_INPUT
@@ -193,3 +195,48 @@ def test_auto_format_writes_pir_with_a_warning_when_an_op_has_no_legacy_form() -
     assert len(warnings) == 1 and "argmax" in warnings[0]
     assert _formats("both", graph, warnings.append) == ["pir", "legacy"]  # the writer then refuses, exit 3
     assert _formats("auto", Graph([], ["image"], ["image"], {}, {}), warnings.append) == ["pir", "legacy"]
+
+
+@pytest.fixture(scope="module")
+def shape_ops(tmp_path_factory) -> Path:
+    """tests/test_onnx_ops.py's ShapeOps model (what DBB's BNAndPad leaves: shape64, slice, stack,
+    expand, concat; full_like, sqrt, shape arithmetic, logical_not), exported once."""
+    import paddle
+
+    from tests.test_onnx_ops import _calibrate, _model_classes
+
+    paddle.seed(0)
+    layer = _model_classes()["ShapeOps"]()
+    _calibrate(layer, 0)
+    layer.eval()
+    prefix = tmp_path_factory.mktemp("shape_ops") / "inference"
+    paddle.jit.save(layer, str(prefix), input_spec=[paddle.static.InputSpec([None, 3, 16, 16], "float32", "image")])
+    return prefix
+
+
+def _legacy_and_pir(prefix: Path, out: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    fuse(prefix, out, paddle_format="both")
+    images = np.random.default_rng(4).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    pir = paddle_predict(out / "inference.json", out / "inference.pdiparams", images, ir_optim=False, onednn=False)[0]
+    legacy = paddle_predict(out / "inference.pdmodel", out / "inference.pdiparams", images, ir_optim=False,
+                            onednn=False)[0]
+    return legacy, pir
+
+
+def test_shape_ops_have_legacy_translations_equal_to_paddle(shape_ops: Path, tmp_path: Path) -> None:
+    legacy, pir = _legacy_and_pir(shape_ops, tmp_path / "out")
+    ops = {op.type for op in legacy_writer.translate(read_graph(load_program(*program_files(tmp_path / "out")))).ops}
+    assert {"expand_v2", "shape", "stack", "fill_any_like", "sqrt", "logical_not", "elementwise_mul"} <= ops
+    assert len(legacy) == len(pir) == 7 and pir[0].shape == (3, 3, 20, 16)
+    for got, want in zip(legacy, pir):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert np.abs(got.astype(np.float64) - want).max() <= 1e-6 * max(1.0, float(np.abs(want).max()))
+
+
+def test_a_wrong_legacy_translation_of_a_shape_op_is_caught(shape_ops: Path, tmp_path: Path, monkeypatch) -> None:
+    """full_like written with fill_any_like's default value 0: output 1 differs by 0.25."""
+    monkeypatch.setitem(legacy_ops.HANDLERS, "full_like", lambda b, node: b.op(
+        "fill_any_like", {"X": [b.input(0)]}, {"Out": [b.output()]}, value=0.0, dtype=5))
+    legacy, pir = _legacy_and_pir(shape_ops, tmp_path / "out")
+    assert np.abs(legacy[1] - pir[1]).max() == pytest.approx(0.25)
+    assert all(np.array_equal(a, b) for i, (a, b) in enumerate(zip(legacy, pir)) if i != 1)

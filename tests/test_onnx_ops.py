@@ -198,6 +198,24 @@ def _model_classes() -> dict:
                     paddle.square(x), paddle.pow(p, x), x.min(axis=1), p.prod(axis=1), paddle.argmin(x, axis=2),
                     paddle.full_like(x, 0.25) + x, paddle.assign(x) * 2, paddle.cast(paddle.shape(x), "float32"))
 
+    class ShapeOps(Scaled):
+        """What DBB's BNAndPad leaves when its region is not folded: per-channel values expanded
+        to [n, C, 2, W], n read from the input's shape (shape64, slice, a stack of scalar
+        tensors), and concatenated; expand to a shape tensor (-1 keeps a size), full_like, sqrt,
+        multiply and divide of shape tensors, logical_not, the int32 `shape` of old programs."""
+
+        def forward(self, image):
+            x = image * self.gain
+            n, _, _, w = x.shape
+            values = self.gain.reshape([1, -1, 1, 1])
+            band = values.expand([n, -1, 2, w])
+            s = paddle.shape(x)
+            wide = paddle.expand(values, paddle.concat([s[:1], paddle.full([1], -1, "int64"), s[2:]]))
+            return (paddle.concat([band, x, band], axis=2), wide + paddle.full_like(x, 0.25),
+                    paddle.sqrt(paddle.abs(x) + 1), paddle.cast(paddle.multiply(s, s), "float32"),
+                    paddle.divide(s, s + 1), paddle.cast(paddle.logical_not(paddle.cast(x, "bool")), "float32"),
+                    paddle.cast(paddle._C_ops.shape(x), "float32"))  # int32 `shape`, as old programs have
+
     class Ceil(Scaled):
         """ceil_mode pooling whose last window lies wholly in the padding: Paddle keeps it, ONNX
         Runtime drops it."""
@@ -251,7 +269,7 @@ def _model_classes() -> dict:
             return self.conv(image.transpose([0, 2, 3, 1]))
 
     return {cls.__name__: cls for cls in (Conv, Norm, Arith, Act, Dropout, Pool, Shape, MatMul, Interp, Unary, Net,
-                                          Seg, Cumsum, NHWC, Ceil)}
+                                          Seg, Cumsum, NHWC, Ceil, ShapeOps)}
 
 
 def _calibrate(layer, seed: int) -> None:
@@ -338,7 +356,7 @@ def assert_matches(got: list[np.ndarray], want: list[np.ndarray], tol: float = T
 # ----------------------------------------------------------------------------------------------
 # every handler
 
-FAMILIES = ["Conv", "Norm", "Arith", "Act", "Dropout", "Pool", "Shape", "MatMul", "Interp", "Unary", "Net"]
+FAMILIES = ["Conv", "Norm", "Arith", "Act", "Dropout", "Pool", "Shape", "MatMul", "Interp", "Unary", "Net", "ShapeOps"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -360,8 +378,9 @@ def test_every_handler_is_exercised(exported):
     seen = set()
     for name in FAMILIES + ["Seg"]:
         seen.update(graph_of(exported, name).op_counts())
-    # `shape` (int32) is what old programs have; Paddle 3 writes shape64
-    assert set(onnx_ops.supported_ops()) - seen == {"shape"}
+    # select_input is what a legacy program's `if` leaves, no Paddle 3 API makes it
+    # (tests/test_paddle_writer.py runs it on PP-YOLOE+'s alpha model, with a twin that fails)
+    assert set(onnx_ops.supported_ops()) - seen == {"select_input"}
 
 
 def test_weights_are_initializers_byte_for_byte(exported):
@@ -395,6 +414,19 @@ def test_a_wrong_handler_is_caught(exported, monkeypatch):
     errs = errors(run_onnx(build_onnx(graph_of(exported, "Act")), x), run_paddle(exported["Act"], x))
     assert errs[4] > 100 * TOL  # output 4 is hardsigmoid
     assert max(errs[:4] + errs[5:]) <= TOL
+
+
+def test_expand_without_paddles_keep_marker_is_caught(exported, monkeypatch):
+    """expand translated with Paddle's shape as it is (-1 meaning "keep" in Paddle, an error in
+    ONNX): the model no longer runs."""
+
+    def raw_shape(ctx, node):
+        shape = onnx_ops._common._int64_tensor(ctx, node.inputs[1], "shape")
+        ctx.op("Expand", [ctx.tensor(node.inputs[0]), shape], [ctx.output(node)])
+
+    monkeypatch.setitem(onnx_ops.HANDLERS, "expand", raw_shape)
+    with pytest.raises(Exception, match="(?i)expand|broadcast|dimension"):
+        run_onnx(build_onnx(graph_of(exported, "ShapeOps")), images())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,6 +510,16 @@ def test_dynamic_size(exported, name):
     for size in (16, 24):
         x = images(2, size, seed=size)
         assert_matches(run_onnx(model, x), run_paddle(exported[name], x))
+
+
+def test_only_the_free_axis_is_symbolic(exported):
+    """A model that takes any width but a fixed height (text recognition): the ONNX input keeps
+    the height and leaves the width symbolic."""
+    model = build_onnx(graph_of(exported, "NetDyn"), dynamic_size=(3,), input_size=24)
+    assert dims(model.graph.input[0]) == ["N", 3, 24, "W"]
+    for width in (16, 40):
+        x = np.random.default_rng(width).standard_normal((2, 3, 24, width)).astype(np.float32)
+        assert_matches(run_onnx(model, x), run_paddle(exported["NetDyn"], x))
 
 
 def test_free_size_needs_an_input_size(exported):

@@ -311,3 +311,28 @@ def test_a_long_chain_of_blocks() -> None:
         b.tensors[x] = TensorInfo((-1, 2, H, W), "float32")
     folding = fold_graph(b.graph([x]))
     assert len(folding.fused) == 200 and not folding.declined  # the time it takes is measured in bench/
+
+
+def test_train_weights_are_released_as_their_regions_fold_and_only_those() -> None:
+    """A weight is released once no op left reads it: the ACB's, not the kernel a conv left as
+    written shares with it; the folded graph keeps a stand-in (shape only, NaN, read-only) that
+    no deploy node reads, and the deploy graph still computes the graph as written."""
+    b = Builder()
+    outs = [b.branch(s) for s in ACB3]
+    acb = b.add(b.add(outs[0], outs[1]), outs[2])
+    read_by_acb = set(b.weights)
+    square = b.nodes[0].inputs[1]  # the 3x3 conv's kernel, shared with a conv that stays as written
+    lone = b.op("relu", (b.op("conv2d", ("x", square), {"strides": [1, 1], "paddings": [1, 1], "dilations": [1, 1],
+                                                          "groups": 1, "padding_algorithm": "EXPLICIT"}),))
+    graph = b.graph([acb, lone])
+    released: list[str] = []
+    folding = fold_graph(graph, release=released.append)
+    assert set(released) == read_by_acb - {square} and len(released) == len(read_by_acb) - 1
+    stand_in = folding.graph.weights[released[0]]
+    assert stand_in.shape == graph.weights[released[0]].shape and np.isnan(stand_in).all()
+    assert not stand_in.flags.writeable
+    deploy = deploy_graph(folding)
+    assert not set(released) & set(deploy.weights)
+    x = rng.normal(size=(2, 4, H, W))
+    for want, got in zip(run(graph, x), run(deploy, x)):
+        assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())

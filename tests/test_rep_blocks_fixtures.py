@@ -13,12 +13,12 @@ import sys
 import numpy as np
 import pytest
 
-from fixtures.export_model import FORMATS, ROOT, export_many, reference_outputs
+from fixtures.export_model import FORMATS, ROOT, reference_outputs
 from fixtures.make_checkpoint import _child_env
 from fixtures.rep_blocks import MODELS, batch_norms, build, count_ops, scalars
+from tests.rep_fixtures import SEED
 
 NAMES = list(MODELS)
-SEED = 0
 
 # Runs in a child (one per format: PIR or legacy API mode): every exported model under the
 # static Executor on the images of ARGV[2] (an .npz, one array per model); writes
@@ -70,20 +70,21 @@ def references():
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, references):
+def exported(tmp_path_factory, references, rep_models):
     """exported(fmt) -> {name: {"out": ndarray, "ops": [...], "feeds": [...]}}: every model
-    exported in one child, then run in one child, per format; cached."""
+    exported in one child (the session's rep_models, shared with the writer tests), then run in
+    one child, per format; cached."""
     root = tmp_path_factory.mktemp("rep_blocks")
     done = {}
 
     def get(fmt):
         if fmt not in done:
-            export_many(NAMES, root / fmt, fmt, seed=SEED)
+            models = rep_models(NAMES[0], fmt).parent.parent  # models/NAME/inference.*
             images = root / f"images_{fmt}.npz"
             np.savez(images, **{n: x for n, (x, _) in references.items()})
             result = root / f"run_{fmt}"
             proc = subprocess.run(
-                [sys.executable, "-c", CHILD, str(root / fmt), str(images), str(result)],
+                [sys.executable, "-c", CHILD, str(models), str(images), str(result)],
                 env=_child_env(pir=fmt == "pir"), capture_output=True, text=True, timeout=600,
                 check=False)
             assert proc.returncode == 0, proc.stderr[-3000:]

@@ -304,3 +304,53 @@ def test_the_memory_limit_follows_the_inputs(tmp_path: Path) -> None:
     assert auto.memory_for([tmp_path, None], 10) == auto.memory_for([tmp_path / "m"]) + 10 * PER_BATCH_PIXEL
     assert auto.memory_for([tmp_path / "missing"]) == BASE_BYTES
     assert Limits(memory=123).memory_for([tmp_path], 10**9) == 123
+
+
+# --- an ONNX source: onnx reads it in the worker, under the same supervision ------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_source(tmp_path_factory) -> Path:
+    """A train-form ONNX model of one 3x3 + 1x1 branch sum (no torch needed: a few KB)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+             for name, shape in (("w3", (4, 3, 3, 3)), ("b3", (4,)), ("w1", (4, 3, 1, 1)), ("b1", (4,)))]
+    nodes = [helper.make_node("Conv", ["x", "w3", "b3"], ["c3"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]),
+             helper.make_node("Add", ["c3", "c1"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    graph = helper.make_graph(nodes, "sum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 32, 32])], inits)
+    path = tmp_path_factory.mktemp("onnx_source") / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+@pytest.mark.parametrize("fault, code, last", [
+    ("segv@loading", 3, "error: onnx crashed (SIGSEGV) while loading {source}"),
+    ("memory@editing", 3, "more than the 300 MiB these inputs may take, while editing and checking the model {source}"),
+    ("sigterm-parent@saving", 143, "terminated"),
+])
+def test_an_onnx_source_dies_or_is_interrupted_as_the_others(onnx_source, tmp_path: Path, fault: str, code: int,
+                                                             last: str) -> None:
+    """fuse MODEL.onnx runs onnx on the untrusted model in the worker: a crash there, memory past
+    the limit or a signal mid-run ends as for a Paddle source, one line, nothing left."""
+    work = tmp_path / "work"
+    work.mkdir()
+    returncode, stdout, err = finish(start("--memory-limit", "300", "fuse", onnx_source, work / "out",
+                                           env=environment(tmp_path / "tmp", fault)))
+    assert returncode == code and stdout == "", err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and last.format(source=onnx_source) in lines[-1], err
+    assert len([line for line in lines if line.startswith("error")]) == (1 if code == 3 else 0), err
+    assert leftovers(work, tmp_path / "tmp") == []
+
+
+def test_an_onnx_source_without_a_fault_is_fused(onnx_source, tmp_path: Path) -> None:
+    """The twin: the same run through the fault worker, no fault due: fused."""
+    code, out, err = finish(start("fuse", onnx_source, tmp_path / "out", env=environment(tmp_path / "tmp", "segv@none")))
+    assert code == 0 and "1 branch sums into 1 convs" in out, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "model.onnx"]

@@ -17,6 +17,7 @@ pytest.importorskip("onnxruntime")
 
 from fixtures import export_onnx as E  # noqa: E402
 from fixtures import torch_blocks as tb  # noqa: E402
+from tests.torch_onnx import onnx_export  # noqa: E402,F401 - a session fixture shared with the fuse tests
 
 NAMES = tb.SMALL
 ORT_MAX_IR = 13  # onnxruntime 1.31 refuses IR 14, which onnx 1.23's helper.make_model stamps
@@ -30,24 +31,6 @@ DYNAMO_BN = {**FOLDED_BN, "dbb": 4}  # dynamo folds weight + id_tensor, then the
 
 def tolerance(ref):
     return 1e-5 * max(1.0, float(np.abs(ref).max()))
-
-
-@pytest.fixture(scope="session")
-def onnx_export(tmp_path_factory):
-    """onnx_export(name, variant, opset=None, dynamic=None, external_data=None, deployed=False)
-    -> path, exported once per session."""
-    root = tmp_path_factory.mktemp("torch_onnx")
-    made = {}
-
-    def make(name, variant="legacy_folded", opset=None, dynamic=None, external_data=None, deployed=False):
-        key = (name, variant, opset, dynamic, external_data, deployed)
-        if key not in made:
-            if variant == "dynamo":
-                pytest.importorskip("onnxscript")
-            made[key] = E.export(name, root, variant, opset, dynamic, external_data, deployed)
-        return made[key]
-
-    return make
 
 
 def check_matches_torch(path, name, x):

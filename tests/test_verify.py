@@ -336,7 +336,7 @@ def test_onnx_written_elsewhere_static_batch_dynamic_size_and_fp16(copy18, tmp_p
     assert any("batch fixed to 1: fed in steps" in n for n in report.notes)
 
     dynamic = tmp_path / "dynamic.onnx"
-    export_onnx(artifacts, output=dynamic, dynamic_size=True)
+    export_onnx(artifacts, output=dynamic)  # a checkpoint's ResNet takes any size: the default
     assert verify(copy18, onnx=dynamic, batch_size=2, batches=1).ok
 
     half = tmp_path / "half.onnx"
@@ -452,7 +452,7 @@ def test_inputs_of_any_size_for_a_model_of_dynamic_size(tmp_path) -> None:
     net.eval()
     spec = paddle.static.InputSpec([None, 3, None, None], "float32", "image")
     paddle.jit.save(net, str(tmp_path / "train" / "inference"), input_spec=[spec])
-    fuse(tmp_path / "train", tmp_path / "out", onnx=True, dynamic_size=True)
+    fuse(tmp_path / "train", tmp_path / "out", onnx=True)  # any size: the ONNX model too, by default
     for size in (17, 40):
         images = tmp_path / f"images{size}.npy"
         np.save(images, np.random.default_rng(size).normal(size=(2, 3, size, size)).astype(np.float32))

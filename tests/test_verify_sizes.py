@@ -6,6 +6,7 @@ error. Tiny models at small sizes: ~15 s in all."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from acnet_convert.cli import cli
+from acnet_convert.commands.export_onnx import export_onnx
 from acnet_convert.commands.fuse import fuse
 from acnet_convert.commands.verify import verify
 from acnet_convert.common.errors import UsageError
+from acnet_convert.out.artifacts import Artifacts
 from acnet_convert.verify.sizes import second_sizes
 
 
@@ -88,9 +91,15 @@ def test_second_sizes_are_odd_and_not_square_then_stride_multiples() -> None:
         assert multiple[0] % 32 == 0 and multiple[1] % 32 == 0 and multiple[0] != multiple[1]
 
 
-def test_a_checkpoint_is_verified_at_its_size_and_an_odd_one(fused) -> None:
-    """ResNet-18 fused at 64x64: also 55x75. model.onnx is fixed at 64x64: compared there only."""
+def test_a_checkpoint_is_verified_at_its_size_and_an_odd_one(fused, tmp_path) -> None:
+    """ResNet-18 fused at 64x64: also 55x75. Its model.onnx takes any size (the default for a
+    checkpoint) and runs at both; one exported with --static-size is compared at 64x64 only."""
     report = verify(fused(18, "vars", onnx=True), batch_size=2, batches=1)
+    assert report.ok, report.format_table()
+    assert all(p.samples == 4 for p in report.pairs)
+    out = Path(shutil.copytree(fused(18, "vars", onnx=True), tmp_path / "out"))
+    export_onnx(Artifacts(out), static_size=True)
+    report = verify(out, batch_size=2, batches=1)
     assert report.ok, report.format_table()
     assert report.sizes == [(64, 64, 2), (55, 75, 2)] and report.images == 4
     by_pair = {(p.a, p.b): p for p in report.pairs}
@@ -106,7 +115,7 @@ def test_a_program_of_any_size_takes_the_first_size_its_strides_allow(exported, 
     """Exported with H and W open, fused at 48x48: the plain net runs at 41x55; the U-Net's
     concat refuses odd sizes, so it is verified at 32x64 (multiples of 32)."""
     out = tmp_path / "out"
-    fuse(exported(name), out, input_size=48, onnx=True, dynamic_size=True)
+    fuse(exported(name), out, input_size=48, onnx=True)  # H and W open: the ONNX model's too
     report = verify(out, batch_size=2, batches=1)
     assert report.ok, report.format_table()
     assert report.sizes == [(48, 48, 2), (*second, 2)]
@@ -118,7 +127,7 @@ def test_inputs_of_another_size_run_where_the_models_take_them(fused, tmp_path) 
     np.save(inputs, np.random.default_rng(0).normal(size=(3, 3, 72, 88)).astype(np.float32))
     report = verify(fused(18, "vars", onnx=True), inputs=inputs, batch_size=2)
     assert report.ok and report.sizes == [(72, 88, 3)]
-    assert {g for g, _ in report.graphs} == {"train", "paddle-deploy", "paddle-legacy"}  # model.onnx is 64x64
+    assert {g for g, _ in report.graphs} == {"train", "paddle-deploy", "paddle-legacy", "onnx"}  # any size
 
 
 def test_a_model_that_is_not_square_is_not_square_anywhere(exported, tmp_path) -> None:

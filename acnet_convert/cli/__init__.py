@@ -12,6 +12,7 @@ signals.install()
 try:
     import json
     import sys
+    from dataclasses import replace
     from pathlib import Path
     from typing import Any
 
@@ -26,7 +27,7 @@ try:
     from acnet_convert.common.sizes import as_size, size_text
     from acnet_convert.common.text import printable
     from acnet_convert.out import destination, staging
-    from acnet_convert.out.artifacts import ONNX_MODEL, Artifacts
+    from acnet_convert.out.artifacts import ONNX_MODEL, ONNX_SOURCE, Artifacts
     from acnet_convert.supervise.child import run as supervised
     from acnet_convert.supervise.limits import DEFAULT_TIME_LIMIT, MIB, Limits
 except KeyboardInterrupt as interrupt:
@@ -97,7 +98,9 @@ def cli(ctx: click.Context, verbose: bool, quiet_mode: bool, time_limit: int, me
               help="N or HxW, each side 32..8192: the input size where the model leaves it open (default "
                    "224; a program exported for one size keeps it).")
 @click.option("--onnx", "with_onnx", is_flag=True, help="Also write OUT/model.onnx.")
-@click.option("--dynamic-size", is_flag=True, help="With --onnx: height and width symbolic (any input size).")
+@click.option("--static-size", is_flag=True,
+              help="With --onnx: fix the ONNX input's height and width to --input-size (default: symbolic where "
+                   "the model takes any size).")
 @click.option("--paddle-format", type=click.Choice(["auto", "pir", "legacy", "both"]), default="auto", show_default=True,
               help="Paddle deploy model: PIR inference.json, legacy inference.pdmodel (OpenVINO, Paddle Lite, "
                    "Paddle 2.x), or both (they share inference.pdiparams); auto: both when every op has a legacy "
@@ -115,24 +118,20 @@ def fuse(ui: Output, source: Path, out: Path, **options: Any) -> None:
     SOURCE is a train-form Paddle inference model of any CNN (PREFIX.json or PREFIX.pdmodel
     with PREFIX.pdiparams, from paddle.jit.save or save_inference_model; the folder or the
     prefix), or a ResNet-ACNet checkpoint: a folder of per-variable files
-    (fluid.io.save_persistables) or a .pdparams file (paddle.save, paddle.static.save).
+    (fluid.io.save_persistables) or a .pdparams file (paddle.save, paddle.static.save), or
+    a train-form MODEL.onnx from any framework (torch.onnx.export of the model in eval mode).
     Every sum of conv+BN / BN branches over one tensor (ACNet, RepVGG, ...) becomes one conv
     with a bias, and every other conv+BN pair one conv. OUT receives inference.json +
-    inference.pdiparams, deploy.pdparams and manifest.json, written atomically.
+    inference.pdiparams, deploy.pdparams and manifest.json, written atomically; for an ONNX
+    source, model.onnx (the source with its regions folded, every other node as it was) and
+    manifest.json.
     """
     options["onnx"] = options.pop("with_onnx")
-    if options.get("dynamic_size") and not options["onnx"]:
-        raise click.UsageError("--dynamic-size shapes the ONNX model: use it with --onnx (the Paddle model takes any size)")
-    force = options["force"]
-    stage = staging.open_stage(destination.check_destination(out, force, [source]))
-    try:
-        done = _run("fuse", {"source": source, "out": out, "into": stage.path, **options}, [source])
-        staging.commit_stage(stage, force)
-    except BaseException:
-        staging.discard_stage(stage)
-        raise
-    finally:
-        staging.close_stage(stage)
+    if source.suffix.lower() == ".onnx":
+        return _fuse_onnx(ui, source, out, options)
+    if options.get("static_size") and not options["onnx"]:
+        raise click.UsageError("--static-size shapes the ONNX model: use it with --onnx")
+    done = _staged_fuse("fuse", source, out, options, [source])
     for warning in done["warnings"]:
         ui.note(f"warning: {printable(warning, 400)}")
     ui.result(done["summary"])
@@ -140,12 +139,47 @@ def fuse(ui: Output, source: Path, out: Path, **options: Any) -> None:
     ui.result(f"deploy model: {printable(program)} (wrote {', '.join(done['files'])})")
 
 
+def _staged_fuse(job: str, source: Path, out: Path, options: dict[str, Any], inputs: list[Path]) -> Any:
+    """The fuse work in the worker, written into a staging folder beside OUT made here, committed
+    here once the work is done (removed whatever else happens)."""
+    force = options["force"]
+    stage = staging.open_stage(destination.check_destination(out, force, [source]))
+    try:
+        done = _run(job, {"source": source, "out": out, "into": stage.path, **options}, inputs)
+        staging.commit_stage(stage, force)
+    except BaseException:
+        staging.discard_stage(stage)
+        raise
+    finally:
+        staging.close_stage(stage)
+    return done
+
+
+def _fuse_onnx(ui: Output, source: Path, out: Path, options: dict[str, Any]) -> None:
+    """fuse MODEL.onnx OUT: the fused ONNX model only (no Paddle model, no Paddle). onnx reads the
+    untrusted model in the worker, as Paddle does a program."""
+    paddle_only = {"arch": "auto", "num_classes": None, "paddle_format": "auto", "reference_layout": False,
+                   "static_size": False}
+    for key, default in paddle_only.items():
+        if options[key] != default:
+            raise click.UsageError(f"--{key.replace('_', '-')} does not apply to an ONNX source: fuse writes the "
+                                   "source model with its regions folded, dimensions as they were")
+    chosen = {k: options[k] for k in ("input_size", "force", "allow_nonfinite")}
+    done = _staged_fuse("fuse-onnx", source, out, chosen, [source])
+    for warning in done["warnings"]:
+        ui.note(f"warning: {printable(warning, 400)}")
+    ui.result(done["summary"])
+    ui.result(f"fused model: {printable(Artifacts(out).onnx)} (wrote {', '.join(done['files'])})")
+
+
 @cli.command()
 @click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Default: OUT/model.onnx.")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
 @click.option("--static-batch", is_flag=True, help="Fix the batch dimension to 1.")
-@click.option("--dynamic-size", is_flag=True, help="Leave height and width symbolic: any input size.")
+@click.option("--static-size", is_flag=True,
+              help="Fix height and width to the manifest's input size (default: symbolic where the model takes "
+                   "any size).")
 @click.option("--fp16", is_flag=True,
               help="Float16 weights and activations (inputs and outputs stay float32); refused when a weight "
                    "does not fit float16.")
@@ -156,6 +190,9 @@ def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **o
     """Write an ONNX model of the deploy model in OUT (made by `fuse`)."""
     artifacts = Artifacts(out_dir)
     manifest = artifacts.read_manifest()
+    if manifest.source.format == ONNX_SOURCE:
+        raise click.UsageError(f"{printable(out_dir)} was fused from an ONNX model: its fused model is "
+                               f"{printable(artifacts.onnx)} already")
     target = out_dir / ONNX_MODEL if output is None else output
     what = "-o" if output is not None else "output"
     dest = destination.check_file_destination(target, force, [*fuse_output_files(out_dir), *source_files(manifest)],
@@ -168,10 +205,16 @@ def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **o
     except BaseException:
         staging.discard_stage(stage)
         raise
+    dims = tuple(done["input_dims"])
+    if output is None:  # OUT/manifest.json says what input its model.onnx takes (fuse --onnx records it too)
+        data = json.dumps(replace(manifest, onnx_input=dims).to_json(), indent=2) + "\n"
+        staging.write_file(artifacts.manifest_path, data.encode(), replace=True, what="manifest")
     if done["fp16"]:
         share = done["underflow"] / done["values"] if done["values"] else 0.0
         ui.result(f"float16: {done['underflow']} of {done['values']} weight values underflow to zero ({share:.2%})")
-    size = "dynamic" if options["dynamic_size"] else size_text(manifest.input_hw)
+    hw = dims[2:]
+    dynamic = len(dims) == 4 and all(isinstance(d, str) for d in hw)
+    size = "dynamic" if dynamic else size_text(hw) if all(isinstance(d, int) for d in hw) else "x".join(map(str, hw))
     ui.result(f"wrote {printable(target)} (opset {done['opset']}, batch {'1' if options['static_batch'] else 'dynamic'}, "
               f"size {size}, {'float16' if done['fp16'] else 'float32'})")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from acnet_convert.out.artifacts import MANIFEST, Artifacts
 from acnet_convert.common.errors import ConvertError
@@ -91,6 +91,8 @@ def describe(path: Path | str, input_size: SizeLike | None = None) -> dict[str, 
         raise ConvertError(f"{printable(path)} does not exist")
     if (path / MANIFEST).is_file():
         return describe_output(path, input_size)
+    if path.suffix.lower() == ".onnx" and path.is_file():
+        return describe_onnx(path, input_size)
     from acnet_convert.read.source import find_program
 
     found = find_program(path)
@@ -136,18 +138,36 @@ def describe_checkpoint(path: Path, input_size: SizeLike | None = None) -> dict[
 
 
 def describe_program(path: Path, found: tuple[Path, Path], input_size: SizeLike | None = None) -> dict[str, Any]:
-    from acnet_convert.graph.reparam import deploy_graph, fold_graph
-    from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
     from acnet_convert.read.program import load_program
     from acnet_convert.read.program_reader import read_graph
 
     program = load_program(*found)
-    graph = read_graph(program)
+    return describe_graph(path, program.format, read_graph(program), input_size)
+
+
+def describe_onnx(path: Path, input_size: SizeLike | None = None) -> dict[str, Any]:
+    """A train-form ONNX model, each op of the tables named by its ONNX node."""
+    from acnet_convert.commands.fuse_onnx import onnx_tables
+    from acnet_convert.read.onnx.source import open_onnx
+
+    source = open_onnx(path)
+    return describe_graph(path, source.format, source.graph, input_size, lambda f: onnx_tables(source.model, f))
+
+
+def describe_graph(path: Path, fmt: str, graph: Any, input_size: SizeLike | None = None,
+                   tables: Callable[[Any], tuple[list, list]] | None = None) -> dict[str, Any]:
+    """What folds in `graph` (read from a program or a model) and what is declined."""
+    from acnet_convert.graph.reparam import deploy_graph, fold_graph
+    from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
+
     problems: list[str] = []
     try:
         folding = fold_graph(graph, allow_nonfinite=True, warn=problems.append)
         deploy = deploy_graph(folding)
-        rows, declined = fused_rows(folding.graph, folding.fused), declined_rows(folding.graph, folding.declined)
+        if tables is not None:
+            rows, declined = tables(folding)
+        else:
+            rows, declined = fused_rows(folding.graph, folding.fused), declined_rows(folding.graph, folding.declined)
     except ConvertError as err:
         problems.append(str(err))
         deploy, rows, declined = None, [], []
@@ -158,7 +178,7 @@ def describe_program(path: Path, found: tuple[Path, Path], input_size: SizeLike 
     shape = graph.tensors[graph.inputs[0]].shape if graph.inputs and graph.inputs[0] in graph.tensors else ()
     size = tuple(shape[2:]) if len(shape) == 4 and min(shape[2:]) > 0 else input_size
     return _report(
-        path, program.format, size, _manifest_rows(rows), totals,
+        path, fmt, size, _manifest_rows(rows), totals,
         ops={"train": graph.op_counts(), "deploy": deploy.op_counts() if deploy is not None else {}},
         declined=declined,
         problems=problems,

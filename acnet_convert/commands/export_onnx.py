@@ -5,12 +5,14 @@ translation of the deploy program as written, whichever command made it."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from acnet_convert.out import staging
 from acnet_convert.out.artifacts import Artifacts, Manifest
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.phase import ONNX, phase
@@ -25,6 +27,22 @@ class OnnxExport:
     fp16: bool
     underflow: int  # with fp16: nonzero weight values that become 0 in float16
     values: int  # float weight values in all
+    input_dims: tuple[int | str, ...] = ()  # the ONNX input's: "N", "H", "W" where symbolic
+
+    @property
+    def dynamic_size(self) -> bool:
+        return len(self.input_dims) == 4 and all(isinstance(d, str) for d in self.input_dims[2:])
+
+
+def free_axes(manifest: Manifest) -> tuple[int, ...]:
+    """The input axes (2: height, 3: width) of a model that takes any size there: both for a
+    ResNet-ACNet checkpoint (convolutions and a global pool: its program is only built at
+    --input-size), those the program leaves open (-1) for a program."""
+    if len(manifest.inputs) != 1 or len(manifest.inputs[0].shape) != 4:
+        return ()
+    if manifest.source.kind == "checkpoint":
+        return (2, 3)
+    return tuple(axis for axis in (2, 3) if manifest.inputs[0].shape[axis] < 0)
 
 
 def onnx_metadata(manifest: Manifest) -> dict[str, str]:
@@ -60,13 +78,16 @@ def export_onnx(
     opset: int = 17,
     static_batch: bool = False,
     batch_size: int = 1,
-    dynamic_size: bool = False,
+    static_size: bool = False,
     fp16: bool = False,
+    record: bool = False,
 ) -> OnnxExport:
     """Write the ONNX model of the deploy program in `artifacts` (default OUT/model.onnx).
 
-    `dynamic_size` leaves height and width symbolic; `static_batch` fixes the batch to
-    `batch_size`. With `fp16` the weights and activations are float16 (inputs and outputs stay
+    Height and width are symbolic where the model takes any size (`free_axes`) unless
+    `static_size` fixes them to the manifest's input size; `static_batch` fixes the batch to
+    `batch_size`. With `record`, OUT/manifest.json is rewritten to say what input the ONNX
+    model takes (`fuse` records it in the manifest it writes). With `fp16` the weights and activations are float16 (inputs and outputs stay
     float32): before anything is written, a weight beyond float16's range is refused by name
     (`onnx_writer.fp16_range_report`), and the values that underflow to zero are counted."""
     with phase("importing", "onnx", ONNX):
@@ -83,7 +104,8 @@ def export_onnx(
     shown = artifacts.program(fmt)
     program = load_program(shown, artifacts.params, follow_links=False)
     graph = read_graph(program)
-    if not dynamic_size:  # where the program leaves H and W open, the manifest's size fixes them
+    free = () if static_size else free_axes(manifest)
+    if not free:  # where the program leaves H and W open, the manifest's size fixes them
         graph = with_input_size(graph, manifest.input_hw)
     underflow = values = 0
     if fp16:
@@ -96,9 +118,13 @@ def export_onnx(
                                f"{'does' if len(names) == 1 else 'do'} not fit float16: values up to "
                                f"{largest:.4g}, beyond its largest 65504; export without --fp16")
     with phase("translating to ONNX the deploy model", shown, ONNX):
-        model = build_onnx(graph, opset=opset, static_batch=static_batch, batch_size=batch_size,
-                           dynamic_size=dynamic_size, fp16=fp16, metadata=onnx_metadata(manifest))
+        model = build_onnx(graph, opset=opset, static_batch=static_batch, batch_size=batch_size, dynamic_size=free,
+                           fp16=fp16, metadata=onnx_metadata(manifest))
     del program, graph
+    dims = tuple(d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
     with phase("checking and writing the ONNX model of", shown, ONNX):
         write_onnx(model, output, replace=force)
-    return OnnxExport(output, opset, fp16, underflow, values)
+    if record:
+        data = json.dumps(replace(manifest, onnx_input=dims).to_json(), indent=2) + "\n"
+        staging.write_file(artifacts.manifest_path, data.encode(), replace=True, what="manifest")
+    return OnnxExport(output, opset, fp16, underflow, values, dims)

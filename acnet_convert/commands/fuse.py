@@ -25,6 +25,7 @@ from acnet_convert.common.quiet import import_paddle
 from acnet_convert.graph.reparam import FusedConv, deploy_graph, fold_graph
 from acnet_convert.read.source import Source, open_source
 from acnet_convert.common.text import printable
+from acnet_convert.write.weights import stored_weights
 
 PADDLE_FORMATS = ("auto", "pir", "legacy", "both")
 DEFAULT_INPUT_SIZE = 224
@@ -127,7 +128,7 @@ def fuse(
     force: bool = False,
     allow_nonfinite: bool = False,
     paddle_format: str = "auto",
-    dynamic_size: bool = False,
+    static_size: bool = False,
     reference_layout: bool = False,
     track: Callable[[list[Region], str], Iterable[Region]] | None = None,
     note: Callable[[str], None] = lambda _text: None,
@@ -163,7 +164,7 @@ def fuse(
     release = None if reference_layout else source.release
     folding = fold_graph(source.graph, allow_nonfinite, warnings.append, track, release=release)
     fused, declined = folding.fused, folding.declined
-    deploy = deploy_graph(folding)
+    deploy = stored_weights(deploy_graph(folding))
     if allow_nonfinite and not all(np.isfinite(w).all() for w in deploy.weights.values() if w.dtype.kind == "f"):
         warnings.append("the deploy weights hold NaN or Inf: verify this OUT with --allow-nonfinite")
     deploy_totals = graph_totals(deploy)
@@ -193,13 +194,13 @@ def fuse(
         plan = check_reference_source(source.plan, str(source_path))
     note(f"writing the deploy model to {printable(out)}")
     start = time.perf_counter()
-    from acnet_convert.write.pir import apply_fusion, save_program
+    from acnet_convert.write.pir import apply_deploy_graph, save_program
 
     with staged_dir(out, force, [source_path]) if into is None else contextlib.nullcontext(Path(into)) as stage:
         artifacts = Artifacts(stage)
         try:
             with phase("editing the program of", source.path, PADDLE):
-                apply_fusion(source.program, folding)
+                apply_deploy_graph(source.program, deploy)
             with phase("saving the deploy model of", source.path, PADDLE):
                 save_program(source.program, artifacts.prefix)
             timings["paddle"] = time.perf_counter() - start
@@ -229,7 +230,8 @@ def fuse(
                 from acnet_convert.commands.export_onnx import export_onnx
 
                 onnx_start = time.perf_counter()
-                export_onnx(artifacts, manifest, dynamic_size=dynamic_size)
+                exported = export_onnx(artifacts, manifest, static_size=static_size)
+                manifest = replace(manifest, onnx_input=exported.input_dims)
                 timings["onnx"] = time.perf_counter() - onnx_start
             artifacts.write_manifest(manifest)
         except OSError as err:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from acnet_convert.out.artifacts import Artifacts, Manifest
+from acnet_convert.out.artifacts import ONNX_SOURCE, Artifacts, Manifest
 from acnet_convert.out.deploy_config import Preprocess, default_preprocess, read_inference_config
 from acnet_convert.verify.device import resolve_device
 from acnet_convert.common.budgets import check_verify_budget
@@ -227,6 +227,8 @@ def verify(
     _check_options(atol, rtol, batch_size, batches, inputs, images, labels, ckpt, source)
     artifacts = Artifacts(out_dir)
     manifest = artifacts.read_manifest()
+    if manifest.source.format == ONNX_SOURCE:
+        raise ConvertError(f"{printable(out_dir)} was fused from an ONNX model: commands.verify_onnx verifies it")
     artifacts.check_complete(manifest)
     log = _Log(note)
     if onnx is None and os.path.lexists(artifacts.onnx):
@@ -280,7 +282,7 @@ def verify(
             with log.timed("noise floor"):
                 noise, second, refused = _train_as_written(files, target, train_ops, first, candidates, seed,
                                                            allow_nonfinite)
-            judged = widened_rtol(rtol, noise)
+            judged = rtol if noise is None else widened_rtol(rtol, noise)
             if judged > rtol:
                 log.say(f"float32 noise floor {noise:.1e} of the largest |output|: rtol widened to {judged:.2g}")
             if candidates and second is None:
@@ -328,7 +330,7 @@ def _onnx_runner(path: Path, target: Any, fed: list[tuple[int, ...]], explicit: 
     except SizeRefused as err:
         if explicit:
             raise
-        say(f"{err}: not compared (export-onnx --dynamic-size makes one of any size)")
+        say(f"{err}: not compared (export-onnx without --static-size makes one of any size the model takes)")
         return None
 
 
@@ -349,9 +351,10 @@ def _feed_sizes(feed: MemoryFeed | ImageFeed, shape: tuple[int, ...]) -> list[tu
 
 def _train_as_written(files: tuple[Path, Path], target: Any, ops: Any, batch: np.ndarray,
                       candidates: Sequence[tuple[int, int]], seed: int, allow_nonfinite: bool = False
-                      ) -> tuple[float, tuple[int, int] | None, list[str]]:
+                      ) -> tuple[float | None, tuple[int, int] | None, list[str]]:
     """The train graph's own float32 noise on `batch`: as written vs under Paddle's optimised
-    kernels (BN folded, oneDNN), two computations of one function (verdict's docstring); and,
+    kernels (BN folded, oneDNN), two computations of one function (verdict's docstring), None
+    when paddle.inference cannot load the train graph (no optimised run to compare with); and,
     from the runtime that ran it as written, the first of `candidates` it runs at (`sizes`)."""
     written = train_runner(files, target, files[0], ops)
     try:
@@ -359,7 +362,10 @@ def _train_as_written(files: tuple[Path, Path], target: Any, ops: Any, batch: np
         second, refused = accepted(written, candidates, batch.shape[1], seed) if candidates else (None, [])
     finally:
         written.close()
-    optimised = paddle_predictor("train-optimised", files[0], files[1], target, ops=ops)
+    try:
+        optimised = paddle_predictor("train-optimised", files[0], files[1], target, ops=ops)
+    except ConvertError:
+        return None, second, refused
     try:
         b = optimised(batch)
     finally:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-COMMANDS = ("fuse", "verify", "export-onnx", "inspect", "versions")
+COMMANDS = ("fuse", "fuse-onnx", "verify", "export-onnx", "inspect", "versions")
 MAX_LINE = 256 << 20  # a verify report naming every skipped image of a large folder stays far below
 
 # kind -> {field: type}; every field is required ("native" and "traceback" may be null)

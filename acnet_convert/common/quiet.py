@@ -30,6 +30,10 @@ def configure(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
+def is_verbose() -> bool:
+    return _verbose
+
+
 @contextlib.contextmanager
 def silenced() -> Iterator[None]:
     if _verbose:

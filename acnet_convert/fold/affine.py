@@ -37,7 +37,9 @@ class Axis:
 
 @dataclass(frozen=True)
 class Affine:
-    kernel: np.ndarray  # [C_out, C_in // groups, kh, kw], float64
+    # [C_out, C_in // groups, kh, kw], float64; or a conv's own weight, read-only and of its
+    # dtype, until an op scales it (the first op to write a kernel makes its float64 copy)
+    kernel: np.ndarray
     groups: int
     bias: np.ndarray  # [C_out], float64
     h: Axis
@@ -99,16 +101,36 @@ def _common_groups(a: int, b: int, channels: int) -> int:
 # per-channel ops
 
 
+def _per_channel(value: np.ndarray | float, channels: int) -> np.ndarray:
+    """`value` as a [channels] or [1] float64 vector (np.broadcast_to's checks, for less)."""
+    v = np.asarray(value, np.float64).reshape(-1)
+    if v.size not in (1, channels):
+        raise ValueError(f"{v.size} values for {channels} channels")
+    return v
+
+
 def scale_shift(a: Affine, scale: np.ndarray | float, shift: np.ndarray | float = 0.0, owned: bool = False) -> Affine:
     """y = a(x) * scale + shift, scale and shift per output channel (or scalars). With `owned`
     (nothing else holds `a`), its kernel is scaled in place: the largest arrays of a fold are
     kernels, and a copy per BN would double what folding a network reads and writes."""
-    s = np.broadcast_to(np.asarray(scale, np.float64), (a.out_channels,))
-    t = np.broadcast_to(np.asarray(shift, np.float64), (a.out_channels,))
-    if owned:
+    s, t = _per_channel(scale, a.out_channels), _per_channel(shift, a.out_channels)
+    if owned and (s == 1.0).all():  # a shift only (the constant of a sum): no pass over the kernel
+        return replace(a, bias=a.bias * s + t)
+    if owned and _writable(a.kernel):
         np.multiply(a.kernel, s.reshape(-1, 1, 1, 1), out=a.kernel)
         return replace(a, bias=a.bias * s + t)
     return replace(a, kernel=a.kernel * s.reshape(-1, 1, 1, 1), bias=a.bias * s + t)
+
+
+def _writable(kernel: np.ndarray) -> bool:
+    """A float64 kernel of the fold's own (not a weight of the graph, which is read-only here)."""
+    return kernel.dtype == np.float64 and kernel.flags.writeable
+
+
+def _read_only(weight: np.ndarray) -> np.ndarray:
+    view = np.asarray(weight).view()
+    view.flags.writeable = False
+    return view
 
 
 def batch_norm(a: Affine, gamma: np.ndarray | None, beta: np.ndarray | None, mean: np.ndarray,
@@ -166,7 +188,8 @@ def conv(a: Affine, weight: np.ndarray, bias: np.ndarray | None, stride: Sequenc
     wa, size_w, step_aw, step_ww = _composed_axis(a.w, kw, stride[1], dilation[1], padding[2], padding[3], mw)
     if a.is_pointwise():  # a conv reading a per-channel affine map of x: rescale its input channels
         if not a.bias.any() and (a.kernel == 1).all():  # x itself: the conv's own kernel
-            return Affine(np.array(w, np.float64), groups, b.copy(), h, wa)
+            # not copied to float64 here: the BN after it (or a sum) writes the one copy
+            return Affine(_read_only(w), groups, b.copy(), h, wa)
         scale = a.kernel.reshape(groups, per_group)
         kernel = (w.reshape(groups, out // groups, per_group, mh, mw) * scale[:, None, :, None, None]).reshape(w.shape)
         shift = a.bias.reshape(groups, per_group)
@@ -236,7 +259,10 @@ def add(terms: Sequence[Affine], owned: Sequence[bool] = ()) -> Affine:
     base = next((i for i, t in enumerate(terms) if owned[i] and t.groups == g and t.size == (size_h, size_w)
                  and places_h[i][0] == places_w[i][0] == 0
                  and (size_h == 1 or places_h[i][1] == 1) and (size_w == 1 or places_w[i][1] == 1)), None)
-    kernel = terms[base].kernel if base is not None else np.zeros((out, in_per, size_h, size_w))
+    if base is None:
+        kernel = np.zeros((out, in_per, size_h, size_w))
+    else:  # summed into; a conv's own weight is copied first (same terms, same order)
+        kernel = terms[base].kernel if _writable(terms[base].kernel) else np.array(terms[base].kernel, np.float64)
     bias = np.zeros(out)
     for i, (t, (oh, sh), (ow, sw)) in enumerate(zip(terms, places_h, places_w)):
         bias += t.bias
@@ -277,4 +303,5 @@ def as_conv(a: Affine) -> Conv:
     top, bottom = _padding(a.h, kh)
     left, right = _padding(a.w, kw)
     dilation = (a.h.dilation if kh > 1 else 1, a.w.dilation if kw > 1 else 1)
-    return Conv(a.kernel, a.bias, (a.h.stride, a.w.stride), dilation, (top, bottom, left, right), a.groups)
+    kernel = np.asarray(a.kernel, np.float64)  # a conv's own weight, unscaled, is float64 from here
+    return Conv(kernel, a.bias, (a.h.stride, a.w.stride), dilation, (top, bottom, left, right), a.groups)

@@ -7,11 +7,12 @@ Pure numpy: no Paddle, no ONNX.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,8 @@ def pad(x: np.ndarray, top: int, bottom: int, left: int, right: int, value: floa
     out_h, out_w = h + top + bottom, w + left + right
     if out_h < 0 or out_w < 0:
         raise ValueError("a pad or crop leaves a negative size")
-    fill = np.broadcast_to(np.asarray(value, np.float64).reshape(-1, 1, 1) if np.ndim(value) else value, (c, 1, 1))
     out = np.empty((n, c, out_h, out_w), np.float64)
-    out[...] = fill
+    out[...] = np.asarray(value, np.float64).reshape(-1, 1, 1) if np.ndim(value) else value
     src_h = slice(max(-top, 0), h - max(-bottom, 0))
     src_w = slice(max(-left, 0), w - max(-right, 0))
     dst_h = slice(max(top, 0), max(top, 0) + (src_h.stop - src_h.start))
@@ -60,10 +60,8 @@ def conv2d(x: np.ndarray | RankOne, kernel: np.ndarray, bias: np.ndarray | None,
     """conv2d of NCHW `x` with an [O, C/groups, kh, kw] kernel, zero padding (top, bottom, left,
     right), in float64."""
     if isinstance(x, RankOne):  # sum_c K[o, c] u[c] z = (K u)[o] z: one input channel
-        out_c, per_group, kh, kw = kernel.shape
-        weights = np.asarray(kernel).reshape(groups, out_c // groups, per_group, kh * kw)
-        folded = np.einsum("gock,gc->gok", weights, x.channels.reshape(groups, per_group))  # no float64 copy of K
-        return conv2d(x.image, folded.reshape(out_c, 1, kh, kw), bias, stride, dilation, padding, 1)
+        folded = _folded(kernel, x.channels, groups)
+        return conv2d(x.image, folded, bias, stride, dilation, padding, 1)
     x = pad(np.asarray(x, np.float64), *padding)
     n, c, h, w = x.shape
     out_c, per_group, kh, kw = kernel.shape
@@ -73,14 +71,50 @@ def conv2d(x: np.ndarray | RankOne, kernel: np.ndarray, bias: np.ndarray | None,
     span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     if h < span_h or w < span_w:
         raise ValueError("the input is smaller than the kernel")
-    windows = sliding_window_view(x, (span_h, span_w), axis=(2, 3))[:, :, ::stride[0], ::stride[1], ::dh, ::dw]
-    oh, ow = windows.shape[2:4]
-    windows = windows.reshape(n, groups, per_group, oh, ow, kh, kw)
-    k = np.asarray(kernel, np.float64).reshape(groups, out_c // groups, per_group, kh, kw)
-    out = np.einsum("ngchwij,gocij->ngohw", windows, k, optimize=True).reshape(n, out_c, oh, ow)
+    oh, ow = (h - span_h) // stride[0] + 1, (w - span_w) // stride[1] + 1
+    # the windows as a view (sliding_window_view's own checks cost more than a probe's conv)
+    sn, sc, sh, sw = x.strides
+    windows = as_strided(x, (n, c, oh, ow, kh, kw), (sn, sc, sh * stride[0], sw * stride[1], sh * dh, sw * dw),
+                         writeable=False)
+    # one batched matmul per call (im2col): [g, n*oh*ow, c/g*kh*kw] @ [g, c/g*kh*kw, o/g]; an
+    # einsum that plans its contraction on every call costs more than the arithmetic on probes
+    columns = windows.reshape(n, groups, per_group, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
+    columns = columns.reshape(groups, n * oh * ow, per_group * kh * kw)
+    k = np.asarray(kernel, np.float64).reshape(groups, out_c // groups, per_group * kh * kw).transpose(0, 2, 1)
+    out = np.matmul(columns, k).reshape(groups, n, oh, ow, out_c // groups)
+    out = out.transpose(1, 0, 4, 2, 3).reshape(n, out_c, oh, ow)
     if bias is not None:
         out += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
     return out
+
+
+# (id(kernel), id(channels), groups) -> (kernel, channels, K u): the probes of one proof share
+# their channel vector, so each kernel is read once per proof, not once per probe (the entries
+# hold what they were computed from: an id is only trusted while its object is that one)
+_FOLDED: OrderedDict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+_FOLDED_SIZE = 16  # more than the convs of one region
+
+
+def _folded(kernel: np.ndarray, channels: np.ndarray, groups: int) -> np.ndarray:
+    """K u: the [O, 1, kh, kw] kernel a conv applies to a rank-one input's image."""
+    key = (id(kernel), id(channels), groups)
+    hit = _FOLDED.get(key)
+    if hit is not None and hit[0] is kernel and hit[1] is channels:
+        _FOLDED.move_to_end(key)
+        return hit[2]
+    out_c, per_group, kh, kw = kernel.shape
+    weights = np.asarray(kernel).reshape(groups, out_c // groups, per_group, kh * kw)
+    folded = np.einsum("gock,gc->gok", weights, channels.reshape(groups, per_group))  # no float64 copy of K
+    folded = folded.reshape(out_c, 1, kh, kw)
+    _FOLDED[key] = (kernel, channels, folded)
+    if len(_FOLDED) > _FOLDED_SIZE:
+        _FOLDED.popitem(last=False)
+    return folded
+
+
+def forget_folded() -> None:
+    """Drop the kernels `_folded` holds (a proof calls this when it is done: they may be large)."""
+    _FOLDED.clear()
 
 
 def pool_size(n: int, k: int, stride: int, before: int, after: int, ceil_mode: bool) -> int:

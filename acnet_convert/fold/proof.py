@@ -18,6 +18,7 @@ Pure numpy.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
@@ -43,10 +44,22 @@ def probe_sizes(conv: Conv) -> list[tuple[int, int]]:
 
 
 def probes(channels: int, sizes: list[tuple[int, int]]) -> Iterator[RankOne]:
+    return iter(_probes(channels, tuple(sizes)))
+
+
+@lru_cache(maxsize=256)
+def _probes(channels: int, sizes: tuple[tuple[int, int], ...]) -> tuple[RankOne, ...]:
+    """The probes are a function of (channels, sizes): a network's thousands of regions share a
+    few, made once (read-only: a probe is an input, never written)."""
     rng = np.random.default_rng(SEED)
     u = rng.standard_normal(channels)
+    u.flags.writeable = False
+    out = []
     for h, w in sizes:
-        yield RankOne(u, rng.standard_normal((1, 1, h, w)))
+        image = rng.standard_normal((1, 1, h, w))
+        image.flags.writeable = False
+        out.append(RankOne(u, image))
+    return tuple(out)
 
 
 def residual(written: np.ndarray, fused: np.ndarray) -> float:

@@ -41,8 +41,14 @@ def _shape(graph: Graph, name: Any) -> tuple[int, ...] | None:
 
 def check_attributes(graph: Graph, source: str) -> None:
     """Refuse the first conv or pool whose geometry no input could have (ConvertError naming
-    `source`, the op and its position)."""
-    for node in graph.nodes:
+    `source`, the op and its position); the nodes of `if` blocks too."""
+    _check_nodes(graph, graph.nodes, source)
+
+
+def _check_nodes(graph: Graph, nodes: Any, source: str) -> None:
+    for node in nodes:
+        for block in node.attrs.get("branches", ()) if node.op == "if" else ():
+            _check_nodes(graph, block.nodes, source)
         if node.op in _CONVS:
             _check_conv(graph, node, f"{source}: op #{node.origin[0] if node.origin else '?'} {printable(node.op)}")
         elif node.op in _POOLS:

@@ -27,12 +27,17 @@ The source graph and the deploy graph. A reader makes the *source graph*: every 
 origin. The passes (constant folding, identity removal, region collapse) make the *deploy
 graph*, which a writer applies to the source by difference:
 - a node whose origin is a source node's is that source op, kept: same op and attributes, but
-  its inputs may name other tensors (the writer rewires its operands);
+  its inputs may name other tensors (the writer rewires its operands); its outputs keep their
+  source names (to make another tensor stand for one, rename its readers, not its writer);
 - a node with an empty origin is new (the writer creates it): a `conv2d` reading
   `(x, weight, bias)` with explicit 4-sided `paddings`, or an `add` of two tensors;
-- a weight the source graph does not have is a new parameter (its array is in `weights`);
+- a weight the source graph does not have (or has with another array) is a new parameter (its
+  array is in `weights`, stored in the dtype `tensors` gives it: float64 results of constant
+  folding are cast by the writers, `write.weights`);
 - source ops that no deploy node stands for are removed; the outputs may name other tensors;
-- kept nodes keep their relative order; kept nodes of an inlined block run where the `if` was.
+- kept nodes keep their relative order; kept nodes of an inlined block run where the `if` was;
+  every node reads only what feeds, weights or nodes before it make (the Paddle writer checks
+  all of this before it edits anything, and creates a new node just before the next kept one).
 
 Pure Python and numpy: nothing here imports Paddle or ONNX.
 """
@@ -61,6 +66,19 @@ class Block:
     nodes: tuple["Node", ...]
     yields: tuple[str, ...]
 
+    def reads(self) -> Iterator[str]:
+        """The tensors from outside the block that it reads (its nodes' and nested blocks'
+        inputs, and what it yields, less what its own nodes write)."""
+        made: set[str] = set()
+        for node in self.nodes:
+            for name in node.tensor_inputs():
+                if name not in made:
+                    yield name
+            made.update(node.outputs)
+        for name in self.yields:
+            if name not in made:
+                yield name
+
 
 @dataclass(frozen=True)
 class Node:
@@ -71,7 +89,8 @@ class Node:
     origin: tuple[int, ...] = ()
 
     def tensor_inputs(self) -> Iterator[str]:
-        """Every tensor name this node reads, vector operands flattened, absent ones skipped."""
+        """Every tensor name this node reads, vector operands flattened, absent ones skipped;
+        an `if` also reads what its blocks read from outside them."""
         for item in self.inputs:
             if item is None:
                 continue
@@ -79,6 +98,9 @@ class Node:
                 yield from item
             else:
                 yield item
+        if self.op == "if":
+            for block in self.attrs.get("branches", ()):
+                yield from block.reads()
 
     @property
     def output(self) -> str:

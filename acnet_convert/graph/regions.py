@@ -47,16 +47,22 @@ def fields(graph: Graph) -> set[str]:
 
 
 class _Analysis:
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, known: Known | None, producer: dict[str, int] | None,
+                 readers: dict[str, list[int]] | None) -> None:
         self.g = graph
-        self.known = Known(graph, fields(graph))
-        self.producer = graph.producers()
-        self.readers = graph.consumers()
+        self.known = known or Known(graph, fields(graph))
+        self.producer = graph.producers() if producer is None else producer
+        self.readers = graph.consumers() if readers is None else readers
         self.outputs = set(graph.outputs)
         self.roles = {i: data_operands(n, self.known) for i, n in enumerate(graph.nodes)}
+        # every pass below asks for these, node by node: computed once
+        self.inputs = {i: self._data_inputs(i) for i, roles in self.roles.items() if roles is not None}
         self.forced_leaves: set[str] = set()
 
     def data_inputs(self, i: int) -> list[str]:
+        return self.inputs.get(i, [])
+
+    def _data_inputs(self, i: int) -> list[str]:
         node = self.g.nodes[i]
         names: list[str] = []
         for k in self.roles[i] or ():
@@ -182,10 +188,12 @@ class NearMiss:
     reason: str
 
 
-def find_regions(graph: Graph) -> tuple[list[Region], list[NearMiss]]:
+def find_regions(graph: Graph, known: Known | None = None, producer: dict[str, int] | None = None,
+                 readers: dict[str, list[int]] | None = None) -> tuple[list[Region], list[NearMiss]]:
     """Every affine region of `graph` in graph order (regions of one op included), and the sums
     that almost were: two terms are affine maps of one tensor, but another factor is not a
-    constant (`y = a(x) + s * b(x)` with `s` computed from the input)."""
-    analysis = _Analysis(graph)
+    constant (`y = a(x) + s * b(x)` with `s` computed from the input). `known`, `producer` and
+    `readers` (`graph.producers()`, `graph.consumers()`) may be given by a caller that has them."""
+    analysis = _Analysis(graph, known, producer, readers)
     regions = analysis.run()
     return regions, analysis.near_misses()

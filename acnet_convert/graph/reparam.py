@@ -18,7 +18,7 @@ import numpy as np
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.text import printable
 from acnet_convert.graph.affine_ops import Known
-from acnet_convert.graph.collapse import Add, Collapse, Declined, solve
+from acnet_convert.graph.collapse import Add, Collapse, Declined, Solution, solve
 from acnet_convert.graph.constants import fold_constants
 from acnet_convert.graph.ir import Graph, Node, TensorInfo
 from acnet_convert.graph.prove import Prover
@@ -27,7 +27,7 @@ from acnet_convert.graph.regions import Region, fields, find_regions
 
 @dataclass(frozen=True)
 class FusedConv:
-    collapse: Collapse
+    collapse: Collapse  # its conv holds the cast arrays (`kernel`, `bias_value`), not the float64 ones
     weight: str
     bias: str
     kernel: np.ndarray  # cast to the deploy dtype
@@ -119,14 +119,18 @@ def fold_graph(
     """Fold `graph` (see module doc). Every fused tensor is computed in float64 and cast once
     to the dtype of the weight it is named after; a NaN/Inf input, or a fused tensor that is
     not finite after the cast, is an error naming the tensor (a warning with
-    `allow_nonfinite`). `release(name)` is called for each train weight once nothing left
-    reads it (the caller may drop it: train and fused weights are then never all in memory)."""
+    `allow_nonfinite`). `release(name)` is called for each train weight as soon as the
+    collapses have replaced every op reading it (the caller may drop it: train and fused weights
+    are then never all in memory); the folded graph then holds a stand-in of no size in its place
+    (`_released`: its shape and dtype, for the manifest, and NaN for values nothing reads)."""
     graph = fold_constants(graph)
     known = Known(graph, fields(graph))
     result = Folding(graph)
-    regions, near_misses = find_regions(graph)
-    prover = Prover(graph)
+    producer, readers = graph.producers(), graph.consumers()  # once for the graph, not per pass
+    regions, near_misses = find_regions(graph, known, producer, readers)
+    prover = Prover(graph, producer, readers)
     result.declined += [Declined(m.node, graph.nodes[m.node].outputs[0], m.reason) for m in near_misses]
+    pending, consumed = (_weight_readers(graph, readers) if release is not None else {}), set()
     for region in track(regions, "folding") if track else regions:
         solution = solve(graph, known, region, prover)
         result.declined += solution.declined
@@ -137,13 +141,47 @@ def fold_graph(
         for collapse in solution.collapses:
             _check_inputs(graph, collapse.nodes, allow_nonfinite, warn, kernels=False)
             result.fused.append(_fused(graph, collapse, allow_nonfinite, warn))
+        if release is not None:
+            _release(graph, pending, consumed, solution, release)
     _name(graph, result)
-    if release is not None:
-        kept = {t for i, n in enumerate(graph.nodes) if i not in result.removed for t in n.tensor_inputs()}
-        for name in {t for f in result.fused for i in f.collapse.nodes for t in graph.nodes[i].tensor_inputs()}:
-            if name in graph.weights and name not in kept:
-                release(name)
     return result
+
+
+def _weight_readers(graph: Graph, readers: dict[str, list[int]]) -> dict[str, set[int]]:
+    """Weight -> the nodes that read it."""
+    return {t: set(nodes) for t, nodes in readers.items() if t in graph.weights}
+
+
+def _release(graph: Graph, readers: dict[str, set[int]], consumed: set[str], solution: Solution,
+             release: Callable[[str], None]) -> None:
+    """Release the weights collapses read (`consumed`, so far) that no op left reads
+    (`readers`, kept up to date: removed nodes no longer count)."""
+    consumed.update(t for c in solution.collapses for i in c.nodes for t in graph.nodes[i].tensor_inputs())
+    touched = set()
+    for i in solution.removed:
+        for t in graph.nodes[i].tensor_inputs():
+            if t in readers:
+                readers[t].discard(i)
+                touched.add(t)
+    for name in touched:
+        if not readers[name] and name in consumed:
+            del readers[name]
+            release(name)
+            graph.weights[name] = _released(graph.weights[name])
+
+
+def _released(array: np.ndarray) -> np.ndarray:
+    """What stands for a released weight: its shape and dtype in no memory, read-only, NaN (or
+    0) where a value would be read by mistake, so a slip shows. Weights of one shape share one."""
+    key = (array.shape, array.dtype)
+    stand_in = _STAND_INS.get(key)
+    if stand_in is None:
+        fill = np.nan if np.issubdtype(array.dtype, np.floating) else 0
+        stand_in = _STAND_INS[key] = np.broadcast_to(np.array(fill, array.dtype), array.shape)
+    return stand_in
+
+
+_STAND_INS: dict[tuple[tuple[int, ...], np.dtype], np.ndarray] = {}  # a network has a few dozen shapes
 
 
 def _fused(graph: Graph, collapse: Collapse, allow_nonfinite: bool, warn: Callable[[str], None]) -> FusedConv:
@@ -159,6 +197,9 @@ def _fused(graph: Graph, collapse: Collapse, allow_nonfinite: bool, warn: Callab
             raise ConvertError(f"{message}: a running variance is near zero or weights are huge "
                                "(pass --allow-nonfinite to write it anyway)")
         warn(message)
+    # the float64 arrays are done with: keeping them to the end would hold every fused kernel
+    # twice more than the deploy model does (ResNet-50: +200 MB); the conv keeps their shapes
+    collapse = replace(collapse, conv=replace(collapse.conv, kernel=kernel, bias=bias_value))
     return FusedConv(collapse, "", "", kernel, bias_value, source)
 
 

@@ -60,9 +60,8 @@ def _sums_data(graph: Graph, node: Node) -> bool:
     return sum(1 for t in operands if isinstance(t, str) and t not in graph.weights and t not in graph.constants) > 1
 
 
-def _params(graph: Graph, nodes: tuple[int, ...]) -> int:
-    """Learned parameters the region held (BN running statistics are not learned)."""
-    statistics = _bn_statistics(graph)
+def _params(graph: Graph, nodes: tuple[int, ...], statistics: set[str]) -> int:
+    """Learned parameters the region held (`statistics`, BN running statistics, are not learned)."""
     names = {t for i in nodes for t in graph.nodes[i].tensor_inputs() if t in graph.weights and t not in statistics}
     return sum(int(graph.weights[t].size) for t in names)
 
@@ -105,6 +104,7 @@ def fused_rows(graph: Graph, fused: list[FusedConv]) -> list[dict[str, Any]]:
     """The manifest's table: what each deploy conv was folded from, and its proof."""
     rows = []
     made = {t for n in graph.nodes for t in n.outputs}
+    statistics = _bn_statistics(graph)  # once: per fused conv it made the table quadratic in the graph
     for f in fused:
         c = f.collapse
         conv = c.conv
@@ -124,7 +124,7 @@ def fused_rows(graph: Graph, fused: list[FusedConv]) -> list[dict[str, Any]]:
             "output": c.output,
             "region": c.region,
             "partial": c.output not in made,  # part of a sum: its output is no tensor of the source
-            "params_train": _params(graph, c.nodes),
+            "params_train": _params(graph, c.nodes, statistics),
             "params_deploy": int(f.kernel.size + f.bias_value.size),
             "residual": c.residual,
             "probes": [list(s) for s in c.probes],

@@ -7,6 +7,8 @@
       deploy.pdparams                        fused weights, name -> ndarray      this module
       manifest.json                          what was converted, from what, how  this module
       model.onnx                             with --onnx / export-onnx            onnx_writer
+                                             (an ONNX source: the fused model)   onnx edit
+      model.onnx.data                        its external data, when the source had some
       persistables/                          --reference-layout                   reference_layout
 
 Writers write through `Artifacts`' paths; readers read through it.
@@ -34,6 +36,8 @@ MANIFEST_VERSION = 2
 MANIFEST = "manifest.json"
 DEPLOY_WEIGHTS = "deploy.pdparams"
 ONNX_MODEL = "model.onnx"
+ONNX_DATA = "model.onnx.data"
+ONNX_SOURCE = "onnx"  # SourceRecord.format of a train-form ONNX source (OUT holds no Paddle model)
 MODEL_PREFIX = "inference"
 INFERENCE_CONFIG = "inference.yml"
 PERSISTABLES = "persistables"
@@ -45,7 +49,7 @@ MAX_MANIFEST_BYTES = 64 << 20
 class SourceRecord:
     path: str
     sha256: str
-    format: str  # "per-variable" | "pdparams" | "pir" | "legacy"
+    format: str  # "per-variable" | "pdparams" | "pir" | "legacy" | "onnx"
     kind: str  # "checkpoint" | "program"
 
 
@@ -63,7 +67,7 @@ class Manifest:
     source: SourceRecord
     inputs: tuple[InputRecord, ...]
     input_hw: tuple[int, int]  # (H, W) verify and ONNX use where the model's are dynamic
-    formats: tuple[str, ...]  # Paddle formats written: "pir", "legacy"
+    formats: tuple[str, ...]  # Paddle formats written: "pir", "legacy"; none for an ONNX source
     arch: str | None = None  # the ResNet-ACNet family member, for checkpoint sources
     num_classes: int | None = None
     ignored_variables: int = 0
@@ -72,6 +76,9 @@ class Manifest:
     ops: dict[str, dict[str, int]] = field(default_factory=dict)  # {"train": counts, "deploy": counts}
     # params_train, params_deploy, macs_train, macs_deploy (None where a shape is dynamic)
     totals: dict[str, int | None] = field(default_factory=dict)
+    # the input model.onnx takes, when fuse or export-onnx wrote it: [N, C, H, W] with "N", "H",
+    # "W" where symbolic (height and width are symbolic where the model takes any size)
+    onnx_input: tuple[int | str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -127,7 +134,8 @@ class Manifest:
                 raise bad("inputs.shape", f"is beyond what verify and ONNX can feed: {problem}")
             inputs.append(InputRecord(string(item, "name"), tuple(shape), string(item, "dtype")))
         formats = data.get("formats")
-        if not isinstance(formats, list) or not formats or any(f not in PROGRAM_SUFFIXES for f in formats):
+        if (not isinstance(formats, list) or (not formats and record.format != ONNX_SOURCE)
+                or any(f not in PROGRAM_SUFFIXES for f in formats)):
             raise bad("formats", f"must list Paddle formats among {sorted(PROGRAM_SUFFIXES)}")
         rows = {}
         for key, check in (("fused", _fused_row_problem), ("declined", _declined_row_problem)):
@@ -150,6 +158,11 @@ class Manifest:
             not isinstance(k, str) or (v is not None and (type(v) is not int or v < 0)) for k, v in totals.items()
         ):
             raise bad("totals", "must map names to counts")
+        onnx_input = data.get("onnx_input")
+        if onnx_input is not None and (not isinstance(onnx_input, list) or len(onnx_input) > 8 or any(
+                not (type(d) is int and 0 <= d <= 1 << 31) and not (isinstance(d, str) and 0 < len(d) <= 64)
+                for d in onnx_input)):
+            raise bad("onnx_input", "must be a list of at most 8 sizes or names")
         return cls(
             tool_version=string(data, "tool_version"),
             paddle_version=string(data, "paddle_version"),
@@ -164,6 +177,7 @@ class Manifest:
             declined=rows["declined"],
             ops=ops,
             totals=totals,
+            onnx_input=None if onnx_input is None else tuple(onnx_input),
         )
 
 
@@ -253,6 +267,10 @@ class Artifacts:
         return self.root / ONNX_MODEL
 
     @property
+    def onnx_data(self) -> Path:
+        return self.root / ONNX_DATA
+
+    @property
     def inference_config(self) -> Path:
         return self.root / INFERENCE_CONFIG
 
@@ -277,6 +295,8 @@ class Artifacts:
 
     def missing(self, manifest: Manifest) -> list[Path]:
         """Files fuse wrote for this manifest that are not there."""
+        if manifest.source.format == ONNX_SOURCE:
+            return [p for p in [self.onnx] if not p.is_file()]
         expected = [self.deploy_weights, self.params] + [self.program(fmt) for fmt in manifest.formats]
         return [p for p in expected if not p.is_file()]
 
@@ -316,7 +336,7 @@ class Artifacts:
         import numpy as np
 
         with open(self.deploy_weights, "wb") as f:
-            pickle.dump({k: np.ascontiguousarray(v) for k, v in weights.items()}, f, protocol=5)
+            pickle.dump({k: np.asarray(v, order="C") for k, v in weights.items()}, f, protocol=5)  # 0-d stays 0-d
             f.flush()
             os.fsync(f.fileno())
 

@@ -119,7 +119,7 @@ def _kind(mode: int) -> str:
 def fuse_file_names() -> set[str]:
     """The names fuse writes into OUT (besides the persistables/ folder)."""
     prefix = artifacts.MODEL_PREFIX
-    return {artifacts.MANIFEST, artifacts.DEPLOY_WEIGHTS, artifacts.ONNX_MODEL, artifacts.INFERENCE_CONFIG,
+    return {artifacts.MANIFEST, artifacts.DEPLOY_WEIGHTS, artifacts.ONNX_MODEL, artifacts.ONNX_DATA, artifacts.INFERENCE_CONFIG,
             *(prefix + suffix for suffix in (*artifacts.PROGRAM_SUFFIXES.values(), ".pdiparams", ".pdiparams.info"))}
 
 

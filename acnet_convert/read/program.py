@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -50,7 +51,17 @@ class Program:
 
     @property
     def ops(self) -> list[Any]:
-        return list(self.program.global_block().ops)
+        """Every op: the main block's in order, then the ops of sub-blocks (`pd_op.if`'s), block
+        by block, breadth-first in the order the blocks are met. A position in this list is how
+        the graph (`ir.Node.origin`) and the writer name an op."""
+        ops: list[Any] = []
+        blocks = deque([self.program.global_block()])
+        while blocks:
+            for op in blocks.popleft().ops:
+                ops.append(op)
+                if op.num_regions():
+                    blocks.extend(op.blocks())
+        return ops
 
     def fill_scope(self) -> None:
         """Put parameters held as numpy arrays (`arrays`) into the scope, where Paddle runs and
@@ -65,7 +76,7 @@ class Program:
             name = op.attrs()["parameter_name"]
             variable = self.scope.find_var(name)
             if (variable is None or not variable.get_tensor()._is_initialized()) and name in self.arrays:
-                self.scope.var(name).get_tensor().set(np.ascontiguousarray(self.arrays[name]), place)
+                self.scope.var(name).get_tensor().set(np.asarray(self.arrays[name], order="C"), place)
 
     def close(self) -> None:
         """Free the parameters now. Paddle keeps every Scope in a global pool, so dropping the

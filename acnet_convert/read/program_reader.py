@@ -1,6 +1,10 @@
 """Read a loaded Paddle program (`program.Program`) into the package's `Graph`: one node per
 computing op, Paddle's op names and operand order, parameters as weights, small constants kept
 as values, and Paddle's conv-bias idiom merged into one conv.
+
+Control flow: a `pd_op.if` becomes a node `if` reading its condition, with its two blocks read
+the same way (`ir.Block`: their nodes, what they yield); an op inside a block names the outer
+values it reads directly, as PIR does. Loops (`pd_op.while`) and block arguments are refused.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import numpy as np
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.text import printable
 from acnet_convert.graph.attributes import check_attributes
-from acnet_convert.graph.ir import Graph, Input, Node, TensorInfo, unique_name
+from acnet_convert.graph.ir import Block, Graph, Input, Node, TensorInfo, unique_name
 from acnet_convert.read.program import Program
 
 # ops that make a constant whose value the graph keeps (`Graph.constants`)
@@ -30,8 +34,18 @@ _BOOKKEEPING = frozenset(
 # PIR ops -> graph nodes
 
 
+_DTYPE_NAMES: dict[tuple[type, Any], str] = {}  # Paddle's str() of a dtype is slow, and a program has a few dtypes
+
+
 def _dtype_name(dtype: Any) -> str:
-    return str(dtype).replace("paddle.", "")
+    key = (type(dtype), dtype)  # two enum types may share values
+    try:
+        return _DTYPE_NAMES[key]
+    except KeyError:
+        name = _DTYPE_NAMES[key] = str(dtype).replace("paddle.", "")
+        return name
+    except TypeError:  # unhashable: not a dtype enum
+        return str(dtype).replace("paddle.", "")
 
 
 def _attrs(op: Any) -> dict[str, Any]:
@@ -49,6 +63,10 @@ def _short(op_name: str) -> str:
     name = op_name.split(".", 1)[-1]
     name = name[:-1] if name.endswith("_") and not name.endswith("__") else name
     return "conv2d" if name == "depthwise_conv2d" else name
+
+
+class _BlockArgument(Exception):
+    """An op reads a block argument (a loop's carried value): no tensor name for it."""
 
 
 class _Names:
@@ -73,7 +91,7 @@ class _Names:
             return None
         producer = value.get_defining_op()
         if producer is None:
-            raise ConvertError("the program reads a block argument: control flow is not supported")
+            raise _BlockArgument()
         return self.by_key[(producer.id(), value.index())]
 
 
@@ -84,107 +102,157 @@ def _tensor_info(value: Any) -> TensorInfo | None:
         return None
 
 
-def read_graph(source: Program) -> Graph:
-    """The graph of `source`: one node per computing op (parameters, feeds, fetches and
-    vector packing become names, not nodes), conv biases merged into their conv."""
-    names = _Names()
-    nodes: list[Node] = []
-    inputs: list[str] = []
-    outputs: list[str] = []
-    output_names: list[str] = []
-    tensors: dict[str, TensorInfo] = {}
-    weights: dict[str, np.ndarray] = {}
-    constants: dict[str, np.ndarray] = {}
-    node_of_vector: dict[str, int] = {}
-    combines: dict[tuple[int, int], int] = {}  # vector value -> position of the combine making it
-    for position, op in enumerate(source.ops):
-        kind = op.name()
-        if kind == "builtin.parameter":
-            name = op.attrs()["parameter_name"]
-            names.taken.add(name)
-            names.set(op, 0, name, position)
-            if source.arrays is not None and name in source.arrays:
-                weights[name] = source.arrays[name]
-            else:
-                variable = source.scope.find_var(name)
-                if variable is None:
-                    raise ConvertError(f"{printable(source.params)} lacks parameter {printable(name)} that the program reads")
-                # moved, not copied: the scope's tensor is emptied and `fill_scope` puts back what
-                # is still needed when the program is run or saved (one copy of the weights)
-                tensor = variable.get_tensor()
-                weights[name] = np.array(tensor)
-                tensor._clear()
-                if source.arrays is None:
-                    source.arrays = {}
-                source.arrays[name] = weights[name]
-            info = _tensor_info(op.result(0))
-            if info is not None:
-                tensors[name] = info
-            continue
-        if kind in ("pd_op.data", "pd_op.feed"):
-            name = names.unique(op.attrs()["name"])
-            names.set(op, 0, name, position)
-            inputs.append(name)
-            info = _tensor_info(op.result(0))
-            if info is not None:
-                tensors[name] = info
-            continue
-        if kind == "pd_op.fetch":
-            outputs.append(names.of(op.operand_source(0)))
-            output_names.append(op.attrs().get("name", f"output_{len(outputs) - 1}"))
-            continue
-        if kind == "builtin.combine":
-            names.set(op, 0, tuple(names.of(v) for v in op.operands_source()), position)
-            combines[(op.id(), 0)] = position
-            continue
-        if kind == "builtin.split":
-            vector = op.operand_source(0)
-            owner = node_of_vector[names.of(vector)]
-            parts = tuple(names.unique(f"{nodes[owner].op}_{nodes[owner].origin[0]}.{i}") for i in range(op.num_results()))
-            for i, part in enumerate(parts):
-                names.set(op, i, part, position)
-                info = _tensor_info(op.result(i))
-                if info is not None:
-                    tensors[part] = info
-            old = nodes[owner]
-            nodes[owner] = Node(old.op, old.inputs, parts, old.attrs, old.origin + (position,))
-            continue
-        if op.num_regions() > 0:
-            raise ConvertError(f"{printable(source.path)}: op #{position} {printable(kind)} has sub-blocks; control flow is not supported")
-        short = _short(kind)
-        node_inputs = tuple(names.of(v) for v in op.operands_source())
-        results = []
+class _Reader:
+    """One pass over a program's ops, block by block (`read_block`); the names, shapes,
+    weights and constants of every block go into one graph."""
+
+    def __init__(self, source: Program) -> None:
+        self.source = source
+        self.ops = source.ops
+        self.position = {op.id(): i for i, op in enumerate(self.ops)}
+        self.names = _Names()
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.output_names: list[str] = []
+        self.tensors: dict[str, TensorInfo] = {}
+        self.weights: dict[str, np.ndarray] = {}
+        self.constants: dict[str, np.ndarray] = {}
+        self.combines: dict[tuple[int, int], int] = {}  # vector value -> position of the combine making it
+
+    def fail(self, position: int, kind: str, why: str) -> ConvertError:
+        return ConvertError(f"{printable(self.source.path)}: op #{position} {printable(kind)} {why}")
+
+    def operands(self, op: Any, position: int) -> tuple[Input, ...]:
+        try:
+            return tuple(self.names.of(v) for v in op.operands_source())
+        except _BlockArgument:
+            raise self.fail(position, op.name(), "reads a block argument (a loop's value): control flow other "
+                                                 "than `if` is not supported") from None
+
+    def known(self, name: str, value: Any) -> None:
+        info = _tensor_info(value) if value.initialized() else None
+        if info is not None:
+            self.tensors[name] = info
+
+    def parameter(self, op: Any, position: int) -> None:
+        source = self.source
+        name = op.attrs()["parameter_name"]
+        self.names.taken.add(name)
+        self.names.set(op, 0, name, position)
+        if source.arrays is not None and name in source.arrays:
+            self.weights[name] = source.arrays[name]
+        else:
+            variable = source.scope.find_var(name)
+            if variable is None:
+                raise ConvertError(f"{printable(source.params)} lacks parameter {printable(name)} that the program reads")
+            # moved, not copied: the scope's tensor is emptied and `fill_scope` puts back what
+            # is still needed when the program is run or saved (one copy of the weights)
+            tensor = variable.get_tensor()
+            self.weights[name] = np.array(tensor)
+            tensor._clear()
+            if source.arrays is None:
+                source.arrays = {}
+            source.arrays[name] = self.weights[name]
+        self.known(name, op.result(0))
+
+    def results(self, op: Any, short: str, position: int) -> tuple[str, ...]:
+        names = []
         for i in range(op.num_results()):
-            result = op.result(i)
             base = f"{short}_{position}" if op.num_results() == 1 else f"{short}_{position}.{i}"
-            name = names.unique(base)
-            names.set(op, i, name, position)
-            results.append(name)
-            info = _tensor_info(result) if result.initialized() else None
-            if info is not None:
-                tensors[name] = info
+            name = self.names.unique(base)
+            self.names.set(op, i, name, position)
+            names.append(name)
+            self.known(name, op.result(i))
+        return tuple(names)
+
+    def read_block(self, ops: Any) -> tuple[list[Node], tuple[str, ...]]:
+        """The nodes of a block's ops, and what it yields (a sub-block's `cf.yield`)."""
+        nodes: list[Node] = []
+        yields: tuple[str, ...] = ()
+        node_of_vector: dict[str, int] = {}
+        names = self.names
+        for op in ops:
+            position = self.position[op.id()]
+            kind = op.name()
+            if kind == "builtin.parameter":
+                self.parameter(op, position)
+            elif kind in ("pd_op.data", "pd_op.feed"):
+                name = names.unique(op.attrs()["name"])
+                names.set(op, 0, name, position)
+                self.inputs.append(name)
+                self.known(name, op.result(0))
+            elif kind == "pd_op.fetch":
+                self.outputs.append(self.operands(op, position)[0])  # type: ignore[arg-type]
+                self.output_names.append(op.attrs().get("name", f"output_{len(self.outputs) - 1}"))
+            elif kind == "cf.yield":
+                yields = self.operands(op, position)  # type: ignore[assignment]
+            elif kind == "builtin.combine":
+                names.set(op, 0, self.operands(op, position), position)
+                self.combines[(op.id(), 0)] = position
+            elif kind == "builtin.split":
+                owner = node_of_vector[names.of(op.operand_source(0))]  # type: ignore[index]
+                old = nodes[owner]
+                parts = tuple(names.unique(f"{old.op}_{old.origin[0]}.{i}") for i in range(op.num_results()))
+                for i, part in enumerate(parts):
+                    names.set(op, i, part, position)
+                    self.known(part, op.result(i))
+                nodes[owner] = Node(old.op, old.inputs, parts, old.attrs, old.origin + (position,))
+            elif kind == "pd_op.if":
+                nodes.append(self.if_node(op, position))
+            elif op.num_regions() > 0:
+                what = "is a loop" if kind == "pd_op.while" else "has sub-blocks"
+                raise self.fail(position, kind, f"{what}: control flow other than `if` is not supported")
+            else:
+                nodes.append(self.node(op, position))
+                if op.num_results() == 1 and op.result(0).initialized() and _tensor_info(op.result(0)) is None:
+                    node_of_vector[nodes[-1].output] = len(nodes) - 1
+        return nodes, yields
+
+    def node(self, op: Any, position: int) -> Node:
+        short = _short(op.name())
+        inputs = self.operands(op, position)
+        results = self.results(op, short, position)
         attrs = _attrs(op)
         if short == "batch_norm" and (attrs.get("is_test") or attrs.get("use_global_stats")):
             # in inference its mean_out / variance_out are its mean / variance: a program that
             # runs one BN layer twice reads the first call's outputs, so read the parameters
-            names.by_key[(op.id(), 1)] = node_inputs[1]
-            names.by_key[(op.id(), 2)] = node_inputs[2]
+            self.names.by_key[(op.id(), 1)] = inputs[1]
+            self.names.by_key[(op.id(), 2)] = inputs[2]
         # the combine ops packing this op's vector operands go (and are edited) with it
         packed = tuple(
-            combines[(v.get_defining_op().id(), v.index())] for v in op.operands_source()
+            self.combines[(v.get_defining_op().id(), v.index())] for v in op.operands_source()
             if v.initialized() and v.get_defining_op() is not None and v.get_defining_op().name() == "builtin.combine"
         )
-        nodes.append(Node(short, node_inputs, tuple(results), attrs, (position,) + packed))
-        if op.num_results() == 1 and op.result(0).initialized() and _tensor_info(op.result(0)) is None:
-            node_of_vector[results[0]] = len(nodes) - 1
         if short in _CONSTANT_OPS:
-            value = _constant_value(short, attrs, tensors.get(results[0]))
+            value = _constant_value(short, attrs, self.tensors.get(results[0]))
             if value is not None:
-                constants[results[0]] = value
-    if not outputs:
+                self.constants[results[0]] = value
+        return Node(short, inputs, results, attrs, (position,) + packed)
+
+    def if_node(self, op: Any, position: int) -> Node:
+        """`if` (cond) -> results, its (true, false) blocks in `attrs["branches"]`, each with
+        Paddle's conv-bias idiom merged as in the main block."""
+        cond = self.operands(op, position)
+        branches = []
+        if_op = op.as_if_op()
+        for block in (if_op.true_block(), if_op.false_block()):
+            nodes, yields = self.read_block(block.ops)
+            scope = Graph(nodes, [], list(yields), self.tensors, self.weights, self.constants)
+            branches.append(Block(tuple(merge_conv_bias(scope).nodes), yields))
+        return Node("if", cond, self.results(op, "if", position), {"branches": tuple(branches)}, (position,))
+
+
+def read_graph(source: Program) -> Graph:
+    """The graph of `source`: one node per computing op (parameters, feeds, fetches and
+    vector packing become names, not nodes), conv biases merged into their conv, `if` ops
+    with their blocks."""
+    reader = _Reader(source)
+    nodes, _ = reader.read_block(source.program.global_block().ops)
+    if not reader.outputs:
         raise ConvertError(f"{printable(source.path)} has no fetch op: it is not an inference program with outputs")
-    source.values = names.where
-    graph = Graph(nodes, inputs, outputs, tensors, weights, constants, output_names)
+    source.values = reader.names.where
+    graph = Graph(nodes, reader.inputs, reader.outputs, reader.tensors, reader.weights, reader.constants,
+                  reader.output_names)
     check_attributes(graph, printable(source.path))
     return merge_conv_bias(graph).pruned()
 
@@ -264,4 +332,7 @@ def _bias_parameter(graph: Graph, name: str, producers: dict[str, int], users: d
     channels = graph.weights[source].shape
     if shape is None or len(channels) != 1 or list(shape) not in ([1, -1, 1, 1], [1, channels[0], 1, 1]):
         return None, []
-    return source, [k]
+    # the shape's constant op goes with the reshape when nothing else reads it
+    shaped_by = producers.get(reshape.inputs[1])  # type: ignore[arg-type]
+    alone = shaped_by is not None and len(users.get(reshape.inputs[1], [])) == 1 and reshape.inputs[1] not in graph.outputs  # type: ignore[arg-type]
+    return source, [k, shaped_by] if alone else [k]

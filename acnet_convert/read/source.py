@@ -70,8 +70,11 @@ def open_source(
     allow_nonfinite: bool = False,
     digest: bool = True,
 ) -> Source:
-    """Read SOURCE into a train-form program and its graph."""
+    """Read SOURCE into a train-form program and its graph (an ONNX model is `onnx.source`'s)."""
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        raise ConvertError(f"{printable(path)} is an ONNX model: it is read by read.onnx.source.open_onnx "
+                           "(commands.fuse_onnx, commands.verify_onnx)")
     found = find_program(path)
     if found is not None:
         if arch != "auto" or num_classes is not None:

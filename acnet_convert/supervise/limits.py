@@ -60,7 +60,8 @@ class Limits:
 def input_weight(paths: Iterable[Path | str | None]) -> int:
     """The memory the inputs' bytes stand for: a program's bytes PER_PROGRAM_BYTE, any other
     file's PER_DATA_BYTE; a folder's regular files (not followed into links), a path prefix's
-    files (PREFIX.json + PREFIX.pdiparams)."""
+    files (PREFIX.json + PREFIX.pdiparams), an ONNX model's and the files named after it
+    (MODEL.onnx.data)."""
     files: list[Path] = []
     for path in paths:
         if path is None:
@@ -70,6 +71,8 @@ def input_weight(paths: Iterable[Path | str | None]) -> int:
             files += _folder_files(path)
         elif path.is_file():
             files.append(path)
+            if path.suffix.lower() == ".onnx":  # its external data: torch writes MODEL.onnx.data beside it
+                files += sorted(path.parent.glob(f"{_glob_escape(path.name)}?*"))[:64]
         elif path.parent.is_dir():
             files += path.parent.glob(f"{_glob_escape(path.name)}.*")
     return sum(_size(f) * (PER_PROGRAM_BYTE if f.suffix in PROGRAM_SUFFIXES else PER_DATA_BYTE) for f in files)

@@ -167,7 +167,7 @@ class VerifyReport:
     source: SourceInfo
     graphs: list[tuple[str, str]]  # (name, path)
     pairs: list[PairResult]
-    mismatched_tensors: list[str]
+    mismatched_tensors: list[str] | None  # None: no Paddle deploy model was checked
     layers: list[LayerResult] | None = None
     per_layer_images: int = 0
     image_set: ImageSetResult | None = None
@@ -288,7 +288,7 @@ class VerifyReport:
             "pairs": [pair.to_json() for pair in self.pairs],
             "per_layer": per_layer,
             "deploy_weights_consistent": self.deploy_weights_consistent,
-            "mismatched_tensors": list(self.mismatched_tensors),
+            "mismatched_tensors": list(self.mismatched_tensors or []),
             "image_set": None if self.image_set is None else self.image_set.to_json(),
         }
 
@@ -322,7 +322,9 @@ class VerifyReport:
                 lines += _wrapped(f"top-1 differs in {p.top1_differs} image(s): {named}{more}", "    ")
         if self.image_set is not None:
             lines += self._image_lines(self.image_set)
-        if self.deploy_weights_consistent:
+        if self.mismatched_tensors is None:  # no Paddle deploy model to check (an ONNX source)
+            pass
+        elif self.deploy_weights_consistent:
             lines.append("  deploy weights: inference.pdiparams and deploy.pdparams are identical")
         else:
             shown = ", ".join(printable(n) for n in self.mismatched_tensors[:5])

@@ -16,17 +16,19 @@ threads do not spin between runs, so they leave the cores to Paddle.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from acnet_convert.verify.device import Device
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.phase import ORT, PADDLE, phase
-from acnet_convert.common.quiet import import_paddle, silenced
+from acnet_convert.common.quiet import import_paddle, is_verbose, silenced
+from acnet_convert.common.protobuf_fields import fields
 from acnet_convert.common.regular_file import open_regular
 from acnet_convert.common.text import one_line, printable
 
@@ -224,10 +226,48 @@ def train_files(source: Any, tmp: Path) -> tuple[Path, Path]:
     return path, tmp / "train.pdiparams"
 
 
+def executor_runner(name: str, program: Path, params: Path, device: Device) -> Runner:
+    """`program` + `params` under Paddle's static Executor: every op as written, no graph
+    passes. For a program paddle.inference cannot load: Paddle 3.3's inference loader refuses
+    a PIR `pd_op.if` ("The size 0 of regions must be equal to 2"), which the Executor runs."""
+    from acnet_convert.read.program import LEGACY, PROGRAM_SUFFIXES, static_mode
+
+    legacy = PROGRAM_SUFFIXES.get(Path(program).suffix) == LEGACY
+    with static_mode() as paddle:
+        scope = paddle.static.Scope()
+        executor = paddle.static.Executor(paddle.CUDAPlace(0) if device.paddle_gpu else paddle.CPUPlace())
+        mode = paddle.pir_utils.OldIrGuard() if legacy else contextlib.nullcontext()
+        try:
+            with mode, paddle.static.scope_guard(scope), silenced():
+                loaded, feeds, fetches = paddle.static.load_inference_model(str(Path(program).with_suffix("")), executor)
+        except Exception as err:  # noqa: BLE001 - Paddle raises many types for a bad model
+            raise ConvertError(f"{printable(program)} cannot be loaded by Paddle's Executor: {one_line(err)}") from None
+    if len(feeds) != 1:
+        raise ConvertError(f"{printable(program)} has {len(feeds)} inputs; verify feeds models with one input")
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        with static_mode(), (paddle.pir_utils.OldIrGuard() if legacy else contextlib.nullcontext()), \
+                paddle.static.scope_guard(scope), silenced():
+            try:
+                out = executor.run(loaded, feed={feeds[0]: np.ascontiguousarray(batch)}, fetch_list=fetches, scope=scope)
+            except Exception as err:  # noqa: BLE001
+                raise ConvertError(f"Paddle's Executor cannot run {printable(program)}: {one_line(err)}") from None
+        return [np.asarray(o) for o in out]
+
+    return Runner(name, Path(program), run, close=lambda: scope.erase(scope.local_var_names()))
+
+
 def train_runner(files: tuple[Path, Path], device: Device, shown: Path, ops: Any = ()) -> Runner:
     """The train-form model (BN in inference mode, every branch as written) under
-    paddle.inference with its graph passes off."""
-    runner = paddle_predictor("train", files[0], files[1], device, as_written=True, ops=ops)
+    paddle.inference with its graph passes off; when paddle.inference cannot load it, under
+    the static Executor, with a note."""
+    try:
+        runner = paddle_predictor("train", files[0], files[1], device, as_written=True, ops=ops)
+    except ConvertError as err:
+        runner = executor_runner("train", files[0], files[1], device)
+        why = str(err).split(": ", 1)[-1]
+        runner.notes.append(f"train: paddle.inference cannot load {printable(Path(shown).name)} ({one_line(why, 120)}); "
+                            "ran it with Paddle's static Executor instead (every op as written)")
     runner.path = Path(shown)
     return runner
 
@@ -245,36 +285,6 @@ def release_memory() -> None:
         pass
 
 
-def _varint(data: Any, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(data: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, value or payload start, payload end) of a protobuf message."""
-    i = start
-    while i < end:
-        key, i = _varint(data, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(data, i)
-            yield number, wire, value, i
-        elif wire == 2:
-            size, i = _varint(data, i)
-            yield number, wire, i, i + size
-            i += size
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"protobuf wire type {wire}")
-
-
 def _onnx_fp16(path: Path) -> bool:
     """Whether the model computes in float16: any float16 initializer. Read from the file's
     protobuf fields in place (ModelProto.graph = 7, GraphProto.initializer = 5,
@@ -285,13 +295,13 @@ def _onnx_fp16(path: Path) -> bool:
     fp16 = 10  # onnx.TensorProto.FLOAT16
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for number, wire, start, end in _fields(data, 0, len(data)):
+            for number, wire, start, end in fields(data, 0, len(data)):
                 if number != 7 or wire != 2:
                     continue
-                for field_number, field_wire, t_start, t_end in _fields(data, start, end):
+                for field_number, field_wire, t_start, t_end in fields(data, start, end):
                     if field_number != 5 or field_wire != 2:
                         continue
-                    for n, w, value, _ in _fields(data, t_start, t_end):
+                    for n, w, value, _ in fields(data, t_start, t_end):
                         if n == 2 and w == 0:
                             if value == fp16:
                                 return True
@@ -301,10 +311,13 @@ def _onnx_fp16(path: Path) -> bool:
     return False
 
 
-def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str = "onnx") -> Runner:
+def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str = "onnx",
+                 as_written: bool = False) -> Runner:
     """`path` under ONNX Runtime with the providers `device` chose. `image_shape` (C, H, W), or a
     list of them, is what verify will feed: a model whose fixed input size takes none of them is
-    refused; batches of another size are then not given to it (`Runner.accepts`)."""
+    refused; batches of another size are then not given to it (`Runner.accepts`). `as_written`:
+    ONNX Runtime's graph optimisations off (no BatchNorm folded into a Conv): every node computed
+    as the model says."""
     path = Path(path)
     if not os.path.lexists(path):
         raise ConvertError(f"--onnx {printable(path)} does not exist")
@@ -313,10 +326,13 @@ def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str 
         import onnxruntime as ort
     with silenced():
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        # a node that fails at run time is our one line (the error's own message), not ORT's log
+        options.log_severity_level = 3 if is_verbose() else 4
         options.intra_op_num_threads = cpu_threads()
         # Paddle runs between ORT's batches: ORT's spinning threads would steal its cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if as_written:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             with phase("loading", path, ORT):
                 session = ort.InferenceSession(str(path), sess_options=options, providers=list(device.ort_providers))
@@ -345,7 +361,11 @@ def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str 
     state = {"session": session}
 
     def once(batch: np.ndarray) -> list[np.ndarray]:
-        out = state["session"].run(outputs, {image.name: batch.astype(dtype, copy=False)})
+        try:
+            out = state["session"].run(outputs, {image.name: batch.astype(dtype, copy=False)})
+        except Exception as err:  # noqa: BLE001 - ORT raises its own types
+            raise ConvertError(f"ONNX Runtime cannot run {printable(path)} on {list(batch.shape)} inputs: "
+                               f"{one_line(err)}") from None
         return [np.asarray(o, np.float32) for o in out]
 
     def run(batch: np.ndarray) -> list[np.ndarray]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from acnet_convert.common.phase import phase
-from acnet_convert.out.artifacts import ONNX_MODEL, Artifacts
+from acnet_convert.out.artifacts import ONNX_MODEL, ONNX_SOURCE, Artifacts
 from acnet_convert.worker.channel import Channel
 
 _PATHS = ("source", "ckpt", "onnx", "inputs", "images", "labels")
@@ -37,6 +37,17 @@ def fuse(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
             "warnings": list(result.warnings)}
 
 
+def fuse_onnx(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """fuse MODEL.onnx: onnx reads the untrusted model here, never in the command process."""
+    from acnet_convert.commands.fuse_onnx import fuse_onnx as run
+
+    options = _paths(options)
+    source, out, into = options.pop("source"), Path(options.pop("out")), Path(options.pop("into"))
+    with phase("fusing", source):
+        result = run(source, out, into=into, track=channel.track, note=channel.note, **options)
+    return {"summary": result.summary(), "files": result.files, "warnings": list(result.warnings)}
+
+
 def export_onnx(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """Write the ONNX model into the folder `into` the command process made beside the target."""
     from acnet_convert.commands.export_onnx import export_onnx as run
@@ -45,14 +56,18 @@ def export_onnx(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
     into = Path(options.pop("into"))
     with phase("exporting", artifacts.root):
         done = run(artifacts, None, into / ONNX_MODEL, force=False, **options)
-    return {"opset": done.opset, "fp16": done.fp16, "underflow": done.underflow, "values": done.values}
+    return {"opset": done.opset, "fp16": done.fp16, "underflow": done.underflow, "values": done.values,
+            "input_dims": list(done.input_dims)}
 
 
 def verify(options: dict[str, Any], channel: Channel) -> dict[str, Any]:
-    from acnet_convert.commands.verify import verify as run
-
+    """verify OUT: of a Paddle model's, or (its manifest says) an ONNX model's fuse."""
     options = _paths(options)
     out = Path(options.pop("out_dir"))
+    if Artifacts(out).read_manifest().source.format == ONNX_SOURCE:
+        from acnet_convert.commands.verify_onnx import verify_onnx as run
+    else:
+        from acnet_convert.commands.verify import verify as run
     with phase("verifying", out):
         report = run(out, note=channel.note, track=channel.track, **options)
     # the table without its last line, the verdict, which the command process prints (coloured)
@@ -78,5 +93,5 @@ def versions(_options: dict[str, Any], _channel: Channel) -> dict[str, Any]:
 
 
 JOBS: dict[str, Callable[[dict[str, Any], Channel], dict[str, Any]]] = {
-    "fuse": fuse, "export-onnx": export_onnx, "verify": verify, "inspect": inspect, "versions": versions,
+    "fuse": fuse, "fuse-onnx": fuse_onnx, "export-onnx": export_onnx, "verify": verify, "inspect": inspect, "versions": versions,
 }

@@ -49,7 +49,7 @@ def _same_name_unary(legacy: str, **renamed: str) -> Handler:
 
 for _op in ("relu", "sigmoid", "tanh", "exp", "abs", "sqrt", "rsqrt", "square", "floor", "ceil", "log",
             "reciprocal", "silu", "swish", "relu6", "softsign", "logsigmoid", "tanh_shrink", "erf", "sin", "cos",
-            "sign", "assign", "round"):
+            "sign", "assign", "round", "logical_not"):
     HANDLERS[_op] = _same_name_unary(_op)
 HANDLERS["gelu"] = _same_name_unary("gelu", approximate="approximate")
 HANDLERS["leaky_relu"] = _same_name_unary("leaky_relu", alpha="negative_slope")
@@ -292,3 +292,59 @@ def _cumsum(b: LegacyBuilder, node: Node) -> None:
     a = node.attrs
     b.op("cumsum", {"X": [b.input(0)]}, {"Out": [b.output()]}, axis=int(b.scalar(1, "axis", -1)),
          flatten=bool(a.get("flatten", False)), exclusive=bool(a.get("exclusive", False)), reverse=bool(a.get("reverse", False)))
+
+
+@handles("shape", "shape64")
+def _shape(b: LegacyBuilder, node: Node) -> None:
+    # the legacy `shape` op writes int32, the dtype of PIR's `shape`; `shape64` is its int64 cast
+    x, out = b.input(0), b.output()
+    if node.op == "shape":
+        b.op("shape", {"Input": [x]}, {"Out": [out]})
+        return
+    raw = b.temp(f"{out}.int32", "int32")
+    b.op("shape", {"Input": [x]}, {"Out": [raw]})
+    b.op("cast", {"X": [raw]}, {"Out": [out]}, in_dtype=VAR_TYPES["int32"], out_dtype=VAR_TYPES["int64"])
+
+
+@handles("stack")
+def _stack(b: LegacyBuilder, node: Node) -> None:
+    b.op("stack", {"X": b.inputs(0)}, {"Y": [b.output()]}, axis=int(node.attrs.get("axis", 0)))
+
+
+@handles("expand")
+def _expand(b: LegacyBuilder, node: Node) -> None:
+    # PIR: expand(x, shape); the shape is a constant (the `shape` attribute), one int tensor
+    # (`Shape`) or scalar tensors (`expand_shapes_tensor`), -1 keeping the input's size
+    # (Paddle's own export writes -2 in the attribute for a size a tensor gives; the attribute
+    # is what Paddle infers the output's shape from before it runs)
+    item = node.inputs[1] if len(node.inputs) > 1 else None
+    inputs = {"X": [b.input(0)]}
+    if item is None or b.graph.constant(item) is not None or (
+            isinstance(item, tuple) and all(b.graph.constant(t) is not None for t in item)):
+        b.op("expand_v2", inputs, {"Out": [b.output()]}, shape=b.ints(1, "shape"))
+        return
+    if isinstance(item, tuple):
+        hints = [int(np.asarray(b.graph.constant(t)).reshape(-1)[0]) if b.graph.constant(t) is not None else -2 for t in item]
+        b.op("expand_v2", {**inputs, "expand_shapes_tensor": b.inputs(1)}, {"Out": [b.output()]}, shape=hints)
+        return
+    info = b.graph.tensors.get(node.output)
+    if info is None:
+        raise b.fail("an expand to a shape computed at run time, of unknown rank")
+    hints = [d if d > 0 else -2 for d in info.shape]
+    b.op("expand_v2", {**inputs, "Shape": [b.input(1)]}, {"Out": [b.output()]}, shape=hints)
+
+
+@handles("full_like")
+def _full_like(b: LegacyBuilder, node: Node) -> None:
+    # PIR: full_like(x, value) with the value a constant operand; the legacy op fill_any_like
+    target = str(node.attrs.get("dtype", ""))
+    if target not in VAR_TYPES:
+        raise b.fail(f"a full_like of dtype {printable(target)}")
+    b.op("fill_any_like", {"X": [b.input(0)]}, {"Out": [b.output()]}, value=b.scalar(1, "value"),
+         dtype=VAR_TYPES[target])
+
+
+@handles("select_input")
+def _select_input(b: LegacyBuilder, node: Node) -> None:
+    # the input the int mask names (what a legacy `if` leaves once its blocks are inlined)
+    b.op("select_input", {"X": [b.tensor(t) for t in node.inputs[1:]], "Mask": [b.input(0)]}, {"Out": [b.output()]})

@@ -34,6 +34,7 @@ from acnet_convert.read.lod_tensor import serialized_size
 from acnet_convert.write.legacy.builder import LegacyBuilder, LegacyProgram
 from acnet_convert.write.legacy.builder import CONSTANT_OPS
 from acnet_convert.write.legacy.ops import HANDLERS, supported_ops
+from acnet_convert.write.weights import stored_weights
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,6 +132,7 @@ def write_legacy_program(artifacts: Artifacts, graph: Graph) -> Path:
     """Write `artifacts.program("legacy")` (inference.pdmodel), the legacy form of the deploy
     `graph`, which reads the parameters the PIR model's writer already put in
     `artifacts.params`. Nothing is written when an op cannot be translated."""
+    graph = stored_weights(graph)
     program = translate(graph)
     check_shared_params(program, artifacts.params)
     data = build_program_bytes(program, graph)

@@ -214,7 +214,7 @@ class OnnxBuilder:
 
     def _initializer(self, array: np.ndarray, name: str) -> str:
         self._taken.add(name)
-        tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        tensor = numpy_helper.from_array(np.asarray(array, order="C"), name)  # 0-d stays 0-d
         self.initializers.append(tensor)
         if array.size <= _SMALL:
             self._small.append(tensor)

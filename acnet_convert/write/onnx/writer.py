@@ -16,7 +16,7 @@ Imports onnx, never Paddle.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Collection, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -62,17 +62,18 @@ def fp16_range_report(graph: Graph) -> tuple[list[str], int, int]:
 
 
 def _input_dims(graph: Graph, name: str, index: int, static_batch: bool, batch_size: int,
-                dynamic_size: bool, input_size: int | None) -> list[int | str]:
+                dynamic_size: bool | Collection[int], input_size: int | None) -> list[int | str]:
     info = graph.tensors.get(name)
     if info is None:
         raise ConvertError(f"graph input {printable(name)} has no known shape")
     suffix = "" if index == 0 else f"_{index}"
+    free = {2, 3} if dynamic_size is True else set(dynamic_size or ())
     dims: list[int | str] = []
     for axis, dim in enumerate(info.shape):
         if axis == 0:
             dims.append(batch_size if static_batch else "N")
         elif len(info.shape) == 4 and axis >= 2:
-            if dynamic_size:
+            if axis in free:
                 dims.append(("H", "W")[axis - 2] + suffix)
             elif dim > 0:
                 dims.append(dim)
@@ -103,7 +104,7 @@ def build_onnx(
     opset: int = 17,
     static_batch: bool = False,
     batch_size: int = 1,
-    dynamic_size: bool = False,
+    dynamic_size: bool | Collection[int] = False,
     fp16: bool = False,
     input_size: int | None = None,
     metadata: Mapping[str, str] = {},
@@ -112,7 +113,8 @@ def build_onnx(
 
     Inputs keep the graph's feed names, float32 NCHW, batch dimension "N" (or `batch_size`
     with `static_batch`), height and width from the graph's shapes (`input_size` where the
-    program leaves them open), symbolic "H"/"W" with `dynamic_size`. One output is
+    program leaves them open), symbolic "H"/"W" with `dynamic_size` (True: both; or the axes,
+    2 and/or 3, to leave symbolic). One output is
     `logits`, several are `output_0`, `output_1`, ... With `fp16`, weights and activations are
     float16 and Casts at the borders keep the inputs and outputs float32; a weight that does
     not fit float16 is refused by name (see `fp16_overflowing`).

@@ -69,7 +69,7 @@ def scale(ctx: OnnxBuilder, node: Node) -> None:
 
 _UNARY = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "exp": "Exp", "abs": "Abs", "sqrt": "Sqrt",
           "floor": "Floor", "ceil": "Ceil", "log": "Log", "erf": "Erf", "reciprocal": "Reciprocal", "sign": "Sign",
-          "sin": "Sin", "cos": "Cos", "softsign": "Softsign"}
+          "sin": "Sin", "cos": "Cos", "softsign": "Softsign", "logical_not": "Not"}
 
 
 @handles(*_UNARY)

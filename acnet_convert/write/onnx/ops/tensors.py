@@ -1,10 +1,10 @@
 """Constants, casts, shapes and layouts, matrix products."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from acnet_convert.graph.ir import Node
 from acnet_convert.write.onnx.ops._common import _axis, _cast_to, _floats, _int64_result, _int64_tensor, _ints, _ints_or_attr, _nchw, _operand, _rank, handles
@@ -153,6 +153,51 @@ def stack(ctx: OnnxBuilder, node: Node) -> None:
     axis = axis + _rank(ctx, parts[0]) + 1 if axis < 0 else axis
     axes = ctx.ints([axis], "axis")
     ctx.op("Concat", [ctx.op("Unsqueeze", [ctx.tensor(p), axes]) for p in parts], [ctx.output(node)], axis=axis)
+
+
+@handles("expand")
+def expand(ctx: OnnxBuilder, node: Node) -> None:
+    """Paddle's -1 keeps the input's size; ONNX Expand broadcasts like numpy, where a 1 does
+    that (Paddle expands nothing else: a target differs from the input only where it is 1)."""
+    x = ctx.tensor(node.inputs[0])
+    item = _operand(node, 1)
+    if item is None or ctx.constant(item) is not None or (
+            isinstance(item, tuple) and all(ctx.constant(t) is not None for t in item)):
+        target = _ints(ctx, item, "shape") if item is not None else [int(v) for v in node.attrs["shape"]]
+        shape = ctx.ints([1 if v == -1 else v for v in target], "shape")
+    else:
+        shape = ctx.op("Max", [_int64_tensor(ctx, item, "shape"), ctx.ints([1], "one")])
+    ctx.op("Expand", [x, shape], [ctx.output(node)])
+
+
+@handles("select_input")
+def select_input(ctx: OnnxBuilder, node: Node) -> None:
+    """select_input(mask, x0, x1, ...): the input the int mask names (what a legacy program's
+    `if` leaves). The inputs may differ in shape (Where would broadcast them): an If on
+    mask == k per input, each branch passing its input on; a constant mask picks it here."""
+    mask, choices = node.inputs[0], node.inputs[1:]
+    value = ctx.constant(mask)
+    if value is not None:
+        ctx.alias(node.output, ctx.tensor(choices[int(np.asarray(value).reshape(-1)[0])]))
+        return
+    index = _cast_to(ctx, ctx.op("Reshape", [ctx.tensor(mask), ctx.ints([], "scalar")]), ctx.dtype(mask),
+                     TensorProto.INT64)
+    elem = ctx.dtype(node.output)
+    result = ctx.tensor(choices[0])
+    for k in range(1, len(choices)):
+        cond = ctx.op("Equal", [index, ctx.const(np.int64(k), np.int64, "k")])
+        out = [ctx.output(node)] if k == len(choices) - 1 else 1
+        result = ctx.op("If", [cond], out, then_branch=_passing(ctx, ctx.tensor(choices[k]), elem),
+                        else_branch=_passing(ctx, result, elem))
+    if len(choices) == 1:
+        ctx.alias(node.output, result)
+
+
+def _passing(ctx: OnnxBuilder, tensor: str, elem: int) -> Any:
+    """A branch graph that returns the outer tensor `tensor` as it is."""
+    out = ctx.unique(f"{tensor}.passed")
+    return helper.make_graph([helper.make_node("Identity", [tensor], [out])], out, [],
+                             [helper.make_tensor_value_info(out, elem, None)])
 
 
 @handles("split", "split_with_num")
