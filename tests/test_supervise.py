@@ -292,7 +292,8 @@ def test_onnx_runtime_that_never_returns(small_out, tmp_path: Path, ending: str)
 
 def test_the_memory_limit_follows_the_inputs(tmp_path: Path) -> None:
     """A program's bytes weigh more than weights' (its ops become Python objects); a folder
-    counts its files, a path prefix the files it names; --memory-limit replaces the estimate."""
+    counts its files, a path prefix the files it names, an ONNX model its external data;
+    --memory-limit replaces the estimate."""
     from acnet_convert.supervise.limits import (BASE_BYTES, PER_BATCH_PIXEL, PER_DATA_BYTE, PER_PROGRAM_BYTE,
                                                 Limits)
 
@@ -304,6 +305,11 @@ def test_the_memory_limit_follows_the_inputs(tmp_path: Path) -> None:
     assert auto.memory_for([tmp_path, None], 10) == auto.memory_for([tmp_path / "m"]) + 10 * PER_BATCH_PIXEL
     assert auto.memory_for([tmp_path / "missing"]) == BASE_BYTES
     assert Limits(memory=123).memory_for([tmp_path], 10**9) == 123
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "net.onnx").write_bytes(bytes(100))
+    (tmp_path / "o" / "net.onnx.data").write_bytes(bytes(7000))  # its external data, as torch names it
+    (tmp_path / "o" / "other.onnx").write_bytes(bytes(9000))
+    assert auto.memory_for([tmp_path / "o" / "net.onnx"]) == BASE_BYTES + 7100 * PER_DATA_BYTE
 
 
 # --- an ONNX source: onnx reads it in the worker, under the same supervision ------------------------------

@@ -179,14 +179,19 @@ def locked_folder(parent: Path, prefix: str, mode: int | None = None) -> tuple[P
     os.umask(umask)
     for _ in range(100):
         folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-        fd = _open_dir(folder)
+        fd = -1
         try:
+            fd = _open_dir(folder)
             _flock(fd, _LOCK_WAIT)
             if _still_at(fd, folder):  # not removed as stale between mkdtemp and flock
                 os.fchmod(fd, (0o777 & ~umask) if mode is None else mode)
                 return folder, fd
-        except BaseException:
-            os.close(fd)
+        except BaseException:  # a signal (or an error) before the caller holds it: the empty folder goes too
+            if fd < 0 or _still_at(fd, folder):
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+            if fd >= 0:
+                os.close(fd)
             raise
         os.close(fd)
     raise OSError(errno.EAGAIN, "staging folders keep vanishing", str(parent))

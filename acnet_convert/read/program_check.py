@@ -97,7 +97,7 @@ class _PirWalk:
                     raise self.bad(where, "has a block without ops")
                 scope: set[int] = set()
                 for arg in self.listed(block, "args", where):
-                    self.define(arg, scope, f"a block argument of {where}")
+                    self.define_argument(arg, scope, f"a block argument of {where}")
                 for position, op in enumerate(block["ops"]):
                     self.op(op, position, [*scopes, scope], depth)
 
@@ -113,6 +113,14 @@ class _PirWalk:
     def define(self, value: Any, scope: set[int], where: str) -> None:
         ident = value.get("%") if isinstance(value, dict) else None
         if type(ident) is not int or ident <= 0:
+            raise self.bad(where, "defines a value without a valid id")
+        scope.add(ident)
+
+    def define_argument(self, value: Any, scope: set[int], where: str) -> None:
+        """A block argument (a loop's carried values): Paddle numbers them -1, -2, ... under "#"
+        (its ops read them as %-1, ...)."""
+        ident = value.get("#", value.get("%")) if isinstance(value, dict) else None
+        if type(ident) is not int or ident == 0:
             raise self.bad(where, "defines a value without a valid id")
         scope.add(ident)
 
