@@ -6,11 +6,12 @@ plan), and (export) the same network and weights exported in train form with pad
 (inference.json + .pdiparams, read with paddle.static.load_inference_model): what users of
 any CNN hand to `fuse`. Child processes, interleaved round by round (order rotating):
   cli <src>    the console script `acnet-convert -q fuse SRC OUT --force`, as users run it:
-               wall time and peak RSS (os.wait4 of that child);
-  inst <src>   the same entry point (`acnet_convert.cli.main`) with exclusive timers around
-               every phase (module functions wrapped in place; a phase's time excludes the
-               phases it calls), VmHWM at each phase end; start-up and exit are the parts of
-               the parent-side wall time outside the child's own clock;
+               the command process and the supervised worker it starts (issue 20); wall time
+               and peak RSS (os.wait4 of that child, whose rusage holds the worker's);
+  inst <src>   the work alone: the library's `fuse` in one process (what the worker runs),
+               with exclusive timers around every phase (module functions wrapped in place; a
+               phase's time excludes the phases it calls), VmHWM at each phase end; start-up
+               and exit are the parts of the parent-side wall time outside the child's clock;
   paddle       `python -c "import paddle"`: the wall time / RSS floor of anything using Paddle.
 Ratios are medians over rounds of (cli / paddle) measured in the same round.
 """
@@ -118,7 +119,7 @@ def child(report: Path, cli_args: list[str]) -> None:
     import importlib.util
 
     t0_wall, t0 = time.time(), time.perf_counter()
-    from acnet_convert import cli
+    from acnet_convert.commands import fuse as work
 
     phases: dict[str, float] = {"imports": time.perf_counter() - t0}
     hwm: dict[str, int] = {}
@@ -185,15 +186,11 @@ def child(report: Path, cli_args: list[str]) -> None:
         return result
 
     convert.fuse = fuse
-    sys.argv = ["acnet-convert", *cli_args]
-    try:
-        cli.main()
-    except SystemExit as stop:
-        if stop.code not in (0, None):
-            raise
+    source, out = (a for a in cli_args if not a.startswith("-") and a != "fuse")
+    work.fuse(Path(source), Path(out), force=True)
     end = time.perf_counter()
     inside = end - t0
-    phases["staging+cli"] = inside - sum(phases.values())
+    phases["staging"] = inside - sum(phases.values())
     report.write_text(json.dumps({"t0_wall": t0_wall, "end_wall": time.time(), "inside": inside, "phases": phases,
                                   "hwm": hwm, "final_hwm": _vm()[1], **facts}))
 
@@ -298,7 +295,7 @@ def run(quick: bool) -> tuple[list[Row], str]:
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         child(Path(sys.argv[2]), sys.argv[3:])
-        return
+        os._exit(0)  # as the worker leaves: collecting Paddle's objects is no part of the work
     run_part(run, __doc__)
 
 

@@ -20,6 +20,11 @@ from acnet_convert.cli import cli
 from acnet_convert.cli.endings import handled
 from acnet_convert.cli.output import Output, use_colour
 from acnet_convert.commands.fuse import FuseResult
+from acnet_convert.commands.fuse import fuse as fuse_library
+from acnet_convert.common import protocol
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.failures import failure
+from acnet_convert.supervise.endings import Watched, ending
 from acnet_convert.write.legacy import ops as legacy_ops
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 from tests.conftest import TEST_INPUT
@@ -97,10 +102,24 @@ def test_what_is_not_a_model_is_named_for_what_it_is(out18, tmp_path) -> None:
 
 
 def test_a_listing_is_wrapped_under_its_error(checkpoints, tmp_path, monkeypatch) -> None:
-    """The ops a writer translates (81) used to be one line of 1,000 characters."""
+    """The ops a writer translates (81) used to be one line of 1,000 characters. The work's
+    error travels as the worker tells it (`common.failures`), through the protocol, to the
+    command's stderr: the library's refusal is sent that way here (a worker would not see this
+    test's monkeypatch)."""
     monkeypatch.delitem(legacy_ops.HANDLERS, "pool2d")
-    result = run("fuse", str(checkpoints(18, "vars")), str(tmp_path / "o"), "--input-size", str(TEST_INPUT),
-                 "--paddle-format", "legacy")
+    with pytest.raises(ConvertError) as raised:
+        fuse_library(checkpoints(18, "vars"), tmp_path / "o", input_size=TEST_INPUT, paddle_format="legacy")
+    assert not (tmp_path / "o").exists()
+    told = failure(raised.value, verbose=False)
+    message = protocol.decode(protocol.encode("error", code=told.code, line=told.line, traceback=None).rstrip(b"\n"))
+
+    @click.command()
+    @click.pass_obj
+    @handled
+    def command(ui: Output) -> None:
+        ending(Watched(memory=1 << 30, time_limit=60, error=message, status=3))
+
+    result = CliRunner().invoke(command, [], obj=Output(False, False))
     assert result.exit_code == 3, result.output
     lines = result.stderr.splitlines()
     error = next(i for i, line in enumerate(lines) if line.startswith("error: "))
@@ -109,6 +128,13 @@ def test_a_listing_is_wrapped_under_its_error(checkpoints, tmp_path, monkeypatch
     listing = lines[error + 1:]
     assert len(listing) > 3 and all(len(line) <= 80 for line in listing)
     assert "conv2d" in " ".join(listing)
+
+
+def test_a_name_in_a_listing_cannot_forge_a_line() -> None:
+    """The listing's lines are joined by newlines on their way to the command process: a newline
+    inside a name stays escaped, on the line of its name."""
+    told = failure(ConvertError("x.json: refused", listing=("ops", ["conv2d", "evil\nerror: forged"])), False)
+    assert told.code == 3 and told.line.splitlines() == ["error: x.json: refused", "  ops: conv2d, evil\\nerror: forged"]
 
 
 # ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from acnet_convert.cli import cli
+from acnet_convert.common.failures import failure
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 from tests.conftest import TEST_INPUT
 
@@ -69,7 +70,7 @@ def test_sigterm_during_verify_removes_its_temporary_files(fused, tmp_path: Path
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
     proc = start("verify", fused(18, "vars"), "--batches", "200", "--batch-size", "16", env=env)
-    wait_for(proc, lambda: list(tmp.glob("acnet-verify-*")), "made its temporary folder")
+    wait_for(proc, lambda: list(tmp.glob("acnet-convert-*/acnet-verify-*")), "made its temporary folder")
     time.sleep(1.0)  # inside the run, not at its start
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
@@ -109,10 +110,8 @@ def test_ctrl_c_during_paddle_import_exits_130(checkpoints, tmp_path: Path) -> N
 
 def test_verbose_internal_error_exits_4_with_the_traceback(monkeypatch) -> None:
     # old: with -v the exception escaped: exit 1, the code that means "mismatch"
-    def bug(*_args, **_kwargs):
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr("acnet_convert.commands.describe.describe", bug)
+    monkeypatch.setenv("ACNET_CONVERT_WORKER", "tests.fault_worker")
+    monkeypatch.setenv("ACNET_TEST_FAULT", "raise@describing")
     result = run("-v", "inspect", "anything")
     assert result.exit_code == 4, result.output
     assert "Traceback" in result.output and result.output.strip().splitlines()[-1] == "internal error: RuntimeError: a bug"
@@ -135,15 +134,18 @@ def test_help_lists_every_exit_code() -> None:
                                                                   "(Python int too large to convert to C long)"),
     (MemoryError(), "error: out of memory: the input is too large for this machine"),
 ])
-def test_input_errors_from_the_standard_library_are_exit_3(monkeypatch, error: BaseException, line: str) -> None:
+def test_input_errors_from_the_standard_library_are_exit_3(error: BaseException, line: str) -> None:
     # old: "internal error: ..." and exit 4
-    def fail(*_args, **_kwargs):
-        raise error
+    told = failure(error, verbose=False)
+    assert (told.code, told.line) == (3, line)
 
-    monkeypatch.setattr("acnet_convert.commands.describe.describe", fail)
+
+def test_the_workers_failure_is_the_commands_one_line(monkeypatch) -> None:
+    monkeypatch.setenv("ACNET_CONVERT_WORKER", "tests.fault_worker")
+    monkeypatch.setenv("ACNET_TEST_FAULT", "oserror@describing")
     result = run("inspect", "anything")
     one_error(result)
-    assert result.output.strip().splitlines() == [line]
+    assert result.output.strip().splitlines() == ["error: /some/file: Permission denied"]
 
 
 # --- -q, export-onnx --force, --json checked first, closed pipes --------------------------------------
@@ -187,10 +189,8 @@ def test_export_onnx_never_replaces_the_source_programs_parameters(cnn_models, t
 def test_json_report_path_is_checked_before_the_run(fused, checkpoints, tmp_path: Path, monkeypatch) -> None:
     # old: an unwritable --json was found after the whole run (exit 4); --json could overwrite
     # OUT's manifest or write into the source checkpoint
-    def never(*_args, **_kwargs):
-        raise AssertionError("verify ran before its --json path was checked")
-
-    monkeypatch.setattr("acnet_convert.commands.verify.verify", never)
+    monkeypatch.setenv("ACNET_CONVERT_WORKER", "tests.fault_worker")
+    monkeypatch.setenv("ACNET_TEST_FAULT", "never")  # the work must not start
     out = fused(18, "vars")
     manifest = (out / "manifest.json").read_bytes()
     one_error(run("verify", out, "--json", "/proc/report.json"), "/proc/report.json")
@@ -250,10 +250,8 @@ def test_ranges_are_documented_in_help() -> None:
 
 
 def test_images_that_memory_cannot_hold_are_refused_before_the_run(fused, monkeypatch) -> None:
-    def never(*_args, **_kwargs):
-        raise AssertionError("verify ran")
-
-    monkeypatch.setattr("acnet_convert.commands.verify.verify", never)
+    monkeypatch.setenv("ACNET_CONVERT_WORKER", "tests.fault_worker")
+    monkeypatch.setenv("ACNET_TEST_FAULT", "never")
     one_error(run("verify", fused(18, "vars"), "--batches", "100000"), "--batches 100000", "at most", code=2)
 
 

@@ -32,9 +32,11 @@ def run(*args: str):
 
 
 def inspect_json(path: Path, *options: str) -> dict:
-    result = run(path, "--json", *options)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    """The report `inspect --json` prints, from the library (the CLI's own tests use `run`)."""
+    from acnet_convert.commands.describe import describe
+
+    input_size = int(options[options.index("--input-size") + 1]) if "--input-size" in options else None
+    return json.loads(json.dumps(describe(path, input_size=input_size)))
 
 
 def test_resnet50_matches_published_figures() -> None:

@@ -14,6 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from acnet_convert.cli import cli
+from acnet_convert.commands.export_onnx import export_onnx
+from acnet_convert.commands.fuse import fuse
+from acnet_convert.common.errors import ConvertError
+from acnet_convert.out.artifacts import Artifacts
 from acnet_convert.read.lod_tensor import read_lod_tensor, write_lod_tensor
 from fixtures.make_checkpoint import reference_logits
 from tests.conftest import NUM_CLASSES, TEST_INPUT
@@ -80,9 +84,7 @@ def test_export_onnx_command_dynamic_and_static_batch(fused, images, tmp_path) -
 
 def test_fuse_onnx_takes_any_size_by_default_matching_paddle_at_224_and_320(checkpoints, tmp_path) -> None:
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["fuse", str(checkpoints(18, "vars")), str(out), "--input-size", str(TEST_INPUT),
-                                      "--onnx", "--paddle-format", "pir"])
-    assert result.exit_code == 0, result.output
+    fuse(checkpoints(18, "vars"), out, input_size=TEST_INPUT, onnx=True, paddle_format="pir")
     dims = onnx.load(out / "model.onnx").graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["N", 3, "H", "W"]
     assert json.loads((out / "manifest.json").read_text())["onnx_input"] == ["N", 3, "H", "W"]
@@ -107,8 +109,7 @@ def test_static_size_goes_with_onnx(checkpoints, tmp_path) -> None:
 def test_export_onnx_dynamic_size_runs_non_square_inputs(fused, tmp_path) -> None:
     out = fused(18, "vars")
     path = tmp_path / "any.onnx"
-    result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(path)])
-    assert result.exit_code == 0, result.output
+    export_onnx(Artifacts(out), output=path)
     images = np.random.default_rng(8).normal(size=(1, 3, 96, 160)).astype(np.float32)
     got, expected = run_onnx(path, images), run_paddle(out, images)
     assert np.abs(got - expected).max() < 2e-5 * _scale(expected)
@@ -140,13 +141,12 @@ def test_fp16_refuses_a_weight_beyond_float16_and_names_it(checkpoints, tmp_path
     name = "bn3a_branch2a_acsquare_scale"
     write_lod_tensor(ckpt / name, read_lod_tensor((ckpt / name).read_bytes(), name) * np.float32(1e8))
     out = tmp_path / "out"
-    assert CliRunner().invoke(cli, ["fuse", str(ckpt), str(out), "--input-size", str(TEST_INPUT)]).exit_code == 0
+    fuse(ckpt, out, input_size=TEST_INPUT)
     path = tmp_path / "fp16.onnx"
-    result = CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(path), "--fp16"])
-    assert result.exit_code == 3, result.output
-    assert "res3a_branch2a_acsquare_weights" in result.output and "float16" in result.output
+    with pytest.raises(ConvertError, match="res3a_branch2a_acsquare_weights.*float16"):
+        export_onnx(Artifacts(out), output=path, fp16=True)
     assert not path.exists()
-    assert CliRunner().invoke(cli, ["export-onnx", str(out), "-o", str(path)]).exit_code == 0  # float32 is fine
+    export_onnx(Artifacts(out), output=path)  # float32 is fine
 
 
 def test_export_onnx_refuses_an_existing_file_without_force(fused, tmp_path) -> None:

@@ -44,6 +44,11 @@ def test_the_contracts_hold() -> None:
     ("write/onnx/ops/_common.py", "from acnet_convert.write.onnx import writer", "Op handlers depend on their builder"),
     ("write/pir.py", "from acnet_convert.write.onnx import builder", "The three writers do not know each other"),
     ("graph/ir.py", "import paddle", "The graph is pure Python"),
+    ("cli/output.py", "import onnxruntime", "The command process never imports Paddle"),
+    ("supervise/limits.py", "from acnet_convert.commands import fuse", "The command process never imports Paddle"),
+    # indirectly: common/quiet.py imports Paddle (in a function), so the command process may not import it
+    ("cli/endings.py", "from acnet_convert.common import quiet", "The command process never imports Paddle"),
+    ("worker/jobs.py", "from acnet_convert.cli import output", "Stages are layered"),
 ])
 def test_an_upward_import_breaks_a_contract(package_copy: Path, module: str, line: str, broken: str) -> None:
     target = package_copy / "acnet_convert" / module

@@ -260,3 +260,21 @@ def test_our_own_staging_folder_is_locked_while_we_write(tmp_path: Path) -> None
             os.close(fd)
         staging.remove_stale_staging(tmp_path / "out")  # what a second run does first
         assert stage.is_dir()
+
+
+@pytest.mark.parametrize("step", ["_flock", "_still_at"])
+def test_a_signal_while_the_staging_folder_is_made_leaves_nothing(tmp_path: Path, monkeypatch, step: str) -> None:
+    """Old: SIGTERM between mkdtemp and the caller holding the stage left `.out.partial-*` (seen in
+    test_cli_safety's SIGTERM test on a busy machine): the folder is removed with the interrupt."""
+    real, calls = getattr(staging, step), []
+
+    def interrupted(*args):  # the signal lands once, in this step
+        calls.append(args)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(staging, step, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        staging.open_stage(staging.check_destination(tmp_path / "out", False))
+    assert list(tmp_path.iterdir()) == []

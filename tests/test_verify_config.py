@@ -129,7 +129,7 @@ def test_no_config_is_none(tmp_path) -> None:
     ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        size: [40, 30]\n    - CropImage:\n"
      "        size: [41, 20]\n    - NormalizeImage:\n", "the crop 20x41 is larger than the resized image 30x40"),
     ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        resize_short: 256\n    - CropImage:\n        size: -2\n"
-     "    - NormalizeImage:\n", "CropImage.size must be a positive integer"),
+     "    - NormalizeImage:\n", "CropImage.size must be an integer from 1 to 8192"),
     ("PreProcess:\n  transform_ops:\n    - ResizeImage:\n        resize_short: 256\n    - CropImage:\n        size: 224\n"
      "    - NormalizeImage:\n        order: chw\n", "order chw"),
     ("PreProcess:\n\ttransform_ops: []\n", "line 2: indentation with a tab"),

@@ -1,42 +1,90 @@
-"""The `acnet-convert` command line: thin click commands over the library functions."""
+"""The `acnet-convert` command line: thin click commands that check what is cheap to check (the
+destination, the option budgets, OUT's manifest), run the work in a supervised child
+(`supervise`, `worker`), commit what it wrote, and print its outcome. This process never imports
+Paddle, onnx or ONNX Runtime."""
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-from typing import Any
+from acnet_convert.common import signals
 
-import click
+# First of all: from here on SIGINT, SIGTERM and SIGHUP end the run with 130/143 and leave
+# nothing, even while the modules below are being imported.
+signals.install()
+try:
+    import json
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+    from typing import Any
 
-from acnet_convert.cli.endings import handled, say
-from acnet_convert.cli.options import (ARCH_CHOICES, BATCH_PIXELS, BATCH_SIZE, BATCHES, INPUT_SIZE, NUM_CLASSES, SEED,
-                                       SIZE, TOLERANCE, TOTAL_PIXELS, check_verify_budget, fuse_output_files,
-                                       source_files, three_floats)
-from acnet_convert.cli.output import Output
-from acnet_convert.cli.versions import print_version
-from acnet_convert.common import quiet, signals
-from acnet_convert.common.sizes import size_text
-from acnet_convert.common.text import printable
-from acnet_convert.out import destination, staging
-from acnet_convert.out.artifacts import ONNX_MODEL, ONNX_SOURCE, Artifacts
+    import click
+
+    from acnet_convert.cli.endings import handled, say
+    from acnet_convert.cli.options import (ARCH_CHOICES, BATCH_SIZE, BATCHES, INPUT_SIZE, MEMORY_LIMIT, NUM_CLASSES,
+                                           SEED, SIZE, TIME_LIMIT, TOLERANCE, fuse_output_files, source_files,
+                                           three_floats)
+    from acnet_convert.cli.output import Output
+    from acnet_convert.common.budgets import BATCH_PIXELS, TOTAL_PIXELS, check_verify_budget
+    from acnet_convert.common.sizes import as_size, size_text
+    from acnet_convert.common.text import printable
+    from acnet_convert.out import destination, staging
+    from acnet_convert.out.artifacts import ONNX_MODEL, ONNX_SOURCE, Artifacts
+    from acnet_convert.supervise.child import run as supervised
+    from acnet_convert.supervise.limits import DEFAULT_TIME_LIMIT, MIB, Limits
+except KeyboardInterrupt as interrupt:
+    signals.exit_now(interrupt)
+
+_LIMITS = "acnet_convert.limits"  # click's ctx.meta key: the limits the global options set
+
+
+def _run(command: str, options: dict[str, Any], inputs: list[Path | None] = (), batch_pixels: int = 0) -> Any:
+    """The command's work, in a supervised child under the run's limits (see `supervise`)."""
+    ctx = click.get_current_context()
+    ui: Output = ctx.obj if isinstance(ctx.obj, Output) else Output(False, False)
+    limits: Limits = ctx.meta.get(_LIMITS, Limits())
+    memory = limits.memory_for(inputs, batch_pixels)
+    return supervised(command, _plain(options), ui, memory=memory, time_limit=limits.time, verbose=ui.verbose)
+
+
+def _plain(value: Any) -> Any:
+    """Options as JSON values: paths as strings, tuples (sizes, R,G,B) as lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(_run("versions", {})["text"])
+        ctx.exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show the tool, Paddle, ONNX and ONNX Runtime versions and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Show Paddle / ONNX Runtime logs and tracebacks.")
 @click.option("-q", "--quiet", "quiet_mode", is_flag=True, help="Print nothing but errors.")
+@click.option("--time-limit", type=TIME_LIMIT, default=DEFAULT_TIME_LIMIT, show_default=True, metavar="SECONDS",
+              help="Stop the work when it goes this long without progress (one model loaded or saved, one batch "
+                   "run): a hang ends in exit 3.")
+@click.option("--memory-limit", type=MEMORY_LIMIT, default=None, metavar="MIB",
+              help="Stop the work when it holds more memory than this (exit 3); default: from the size of the "
+                   "inputs.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, quiet_mode: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, quiet_mode: bool, time_limit: int, memory_limit: int | None) -> None:
     """Fold the branches of a trained Paddle CNN (ACNet's asymmetric convolution blocks,
     RepVGG-style 1x1 and identity branches, every conv+BN) into a deploy model with one conv
     per block, prove it computes the same function, and export it to ONNX.
 
+    The work runs in a child process under a memory and a time limit: a crash or a hang of
+    Paddle or ONNX Runtime on a hostile file is one line and exit 3, never a dead terminal.
+
     Exit codes: 0 success, 1 verify mismatch, 2 usage, 3 bad input, 4 internal error,
-    130 interrupted (Ctrl-C), 141 output pipe closed, 143 terminated (SIGTERM).
+    130 interrupted (Ctrl-C), 141 output pipe closed, 143 terminated (SIGTERM, SIGHUP).
     """
-    quiet.configure(verbose)
     ctx.obj = Output(quiet_mode, verbose)
+    ctx.meta[_LIMITS] = Limits(None if memory_limit is None else memory_limit * MIB, time_limit)
 
 
 @cli.command()
@@ -64,7 +112,7 @@ def cli(ctx: click.Context, verbose: bool, quiet_mode: bool) -> None:
 @click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN/Inf (warns).")
 @click.pass_obj
 @handled
-def fuse(ui: Output, source: Path, **options: Any) -> None:
+def fuse(ui: Output, source: Path, out: Path, **options: Any) -> None:
     """Fuse the trained model SOURCE into a deploy model in OUT.
 
     SOURCE is a train-form Paddle inference model of any CNN (PREFIX.json or PREFIX.pdmodel
@@ -80,35 +128,48 @@ def fuse(ui: Output, source: Path, **options: Any) -> None:
     """
     options["onnx"] = options.pop("with_onnx")
     if source.suffix.lower() == ".onnx":
-        return _fuse_onnx(ui, source, options)
+        return _fuse_onnx(ui, source, out, options)
     if options.get("static_size") and not options["onnx"]:
         raise click.UsageError("--static-size shapes the ONNX model: use it with --onnx")
-    from acnet_convert.commands.fuse import fuse as run_fuse
-
-    result = run_fuse(source, track=ui.progress, note=ui.note, **options)
-    for warning in result.warnings:
+    done = _staged_fuse("fuse", source, out, options, [source])
+    for warning in done["warnings"]:
         ui.note(f"warning: {printable(warning, 400)}")
-    ui.result(result.summary())
-    program = Artifacts(result.out_dir).program(result.manifest.formats[0])
-    ui.result(f"deploy model: {printable(program)} (wrote {', '.join(result.files)})")
+    ui.result(done["summary"])
+    program = Artifacts(out).program(done["format"])
+    ui.result(f"deploy model: {printable(program)} (wrote {', '.join(done['files'])})")
 
 
-def _fuse_onnx(ui: Output, source: Path, options: dict[str, Any]) -> None:
-    """fuse MODEL.onnx OUT: the fused ONNX model only (no Paddle model, no Paddle)."""
+def _staged_fuse(job: str, source: Path, out: Path, options: dict[str, Any], inputs: list[Path]) -> Any:
+    """The fuse work in the worker, written into a staging folder beside OUT made here, committed
+    here once the work is done (removed whatever else happens)."""
+    force = options["force"]
+    stage = staging.open_stage(destination.check_destination(out, force, [source]))
+    try:
+        done = _run(job, {"source": source, "out": out, "into": stage.path, **options}, inputs)
+        staging.commit_stage(stage, force)
+    except BaseException:
+        staging.discard_stage(stage)
+        raise
+    finally:
+        staging.close_stage(stage)
+    return done
+
+
+def _fuse_onnx(ui: Output, source: Path, out: Path, options: dict[str, Any]) -> None:
+    """fuse MODEL.onnx OUT: the fused ONNX model only (no Paddle model, no Paddle). onnx reads the
+    untrusted model in the worker, as Paddle does a program."""
     paddle_only = {"arch": "auto", "num_classes": None, "paddle_format": "auto", "reference_layout": False,
                    "static_size": False}
     for key, default in paddle_only.items():
         if options[key] != default:
             raise click.UsageError(f"--{key.replace('_', '-')} does not apply to an ONNX source: fuse writes the "
                                    "source model with its regions folded, dimensions as they were")
-    from acnet_convert.commands.fuse_onnx import fuse_onnx
-
-    result = fuse_onnx(source, options["out"], input_size=options["input_size"], force=options["force"],
-                       allow_nonfinite=options["allow_nonfinite"], track=ui.progress, note=ui.note)
-    for warning in result.warnings:
+    chosen = {k: options[k] for k in ("input_size", "force", "allow_nonfinite")}
+    done = _staged_fuse("fuse-onnx", source, out, chosen, [source])
+    for warning in done["warnings"]:
         ui.note(f"warning: {printable(warning, 400)}")
-    ui.result(result.summary())
-    ui.result(f"fused model: {printable(Artifacts(result.out_dir).onnx)} (wrote {', '.join(result.files)})")
+    ui.result(done["summary"])
+    ui.result(f"fused model: {printable(Artifacts(out).onnx)} (wrote {', '.join(done['files'])})")
 
 
 @cli.command()
@@ -127,23 +188,35 @@ def _fuse_onnx(ui: Output, source: Path, options: dict[str, Any]) -> None:
 @handled
 def export_onnx(ui: Output, out_dir: Path, output: Path | None, force: bool, **options: Any) -> None:
     """Write an ONNX model of the deploy model in OUT (made by `fuse`)."""
-    manifest = Artifacts(out_dir).read_manifest()
+    artifacts = Artifacts(out_dir)
+    manifest = artifacts.read_manifest()
     if manifest.source.format == ONNX_SOURCE:
         raise click.UsageError(f"{printable(out_dir)} was fused from an ONNX model: its fused model is "
-                               f"{printable(Artifacts(out_dir).onnx)} already")
+                               f"{printable(artifacts.onnx)} already")
     target = out_dir / ONNX_MODEL if output is None else output
-    destination.check_file_destination(target, force, [*fuse_output_files(out_dir), *source_files(manifest)],
-                                   what="-o" if output is not None else "output")
-    from acnet_convert.commands.export_onnx import export_onnx as run_export
-
-    done = run_export(Artifacts(out_dir), manifest, output, force=force, record=output is None, **options)
-    if done.fp16:
-        share = done.underflow / done.values if done.values else 0.0
-        ui.result(f"float16: {done.underflow} of {done.values} weight values underflow to zero ({share:.2%})")
-    hw = done.input_dims[2:]
-    size = "dynamic" if done.dynamic_size else size_text(hw) if all(isinstance(d, int) for d in hw) else "x".join(map(str, hw))
-    ui.result(f"wrote {printable(done.path)} (opset {done.opset}, batch {'1' if options['static_batch'] else 'dynamic'}, "
-              f"size {size}, {'float16' if done.fp16 else 'float32'})")
+    what = "-o" if output is not None else "output"
+    dest = destination.check_file_destination(target, force, [*fuse_output_files(out_dir), *source_files(manifest)],
+                                              what=what)
+    stage = staging.open_stage(dest)
+    try:
+        done = _run("export-onnx", {"out_dir": out_dir, "into": stage.path, **options},
+                    [artifacts.params, *(p for _, p, _ in artifacts.paddle_models(manifest))])
+        staging.commit_stage(stage, force, what=what, check=destination.any_regular_file, inner=ONNX_MODEL)
+    except BaseException:
+        staging.discard_stage(stage)
+        raise
+    dims = tuple(done["input_dims"])
+    if output is None:  # OUT/manifest.json says what input its model.onnx takes (fuse --onnx records it too)
+        data = json.dumps(replace(manifest, onnx_input=dims).to_json(), indent=2) + "\n"
+        staging.write_file(artifacts.manifest_path, data.encode(), replace=True, what="manifest")
+    if done["fp16"]:
+        share = done["underflow"] / done["values"] if done["values"] else 0.0
+        ui.result(f"float16: {done['underflow']} of {done['values']} weight values underflow to zero ({share:.2%})")
+    hw = dims[2:]
+    dynamic = len(dims) == 4 and all(isinstance(d, str) for d in hw)
+    size = "dynamic" if dynamic else size_text(hw) if all(isinstance(d, int) for d in hw) else "x".join(map(str, hw))
+    ui.result(f"wrote {printable(target)} (opset {done['opset']}, batch {'1' if options['static_batch'] else 'dynamic'}, "
+              f"size {size}, {'float16' if done['fp16'] else 'float32'})")
 
 
 @cli.command()
@@ -187,28 +260,25 @@ def verify(ui: Output, out_dir: Path, json_path: Path | None, **options: Any) ->
     1 when not."""
     manifest = Artifacts(out_dir).read_manifest()
     streamed = options["inputs"] is not None or options["images"] is not None
-    check_verify_budget(options["crop"] or manifest.input_hw, options["batch_size"], options["batches"], streamed)
+    height, width = as_size(options["crop"] or manifest.input_hw)
+    check_verify_budget((height, width), options["batch_size"], options["batches"], streamed)
     to_file = json_path is not None and str(json_path) != "-"
     if to_file:  # before the run, not after it
         read = [options[k] for k in ("source", "ckpt", "onnx", "inputs", "labels")] + source_files(manifest)
         destination.check_file_destination(json_path, False, read, what="--json",
                                        replaceable=destination.verify_report, force_flag=None)
-    if manifest.source.format == ONNX_SOURCE:
-        from acnet_convert.commands.verify_onnx import verify_onnx as run_verify
-    else:
-        from acnet_convert.commands.verify import verify as run_verify
-
-    report = run_verify(out_dir, note=ui.note, track=ui.progress, **options)
+    inputs = [options[k] for k in ("source", "ckpt", "onnx", "inputs")] + source_files(manifest) + [out_dir]
+    done = _run("verify", {"out_dir": out_dir, **options}, inputs, options["batch_size"] * height * width)
     if json_path is not None:
-        text = json.dumps(report.to_json(), indent=2)
+        text = json.dumps(done["report"], indent=2)
         if not to_file:
             click.echo(text)
         else:
             staging.write_file(json_path, (text + "\n").encode(), replace=True, what="--json", check=destination.verify_report)
     if str(json_path) != "-":
-        ui.result(report.format_table().rsplit("\n", 1)[0])  # the table, then its verdict line
-        ui.verdict(report.verdict, always=not report.ok)
-    return 0 if report.ok else 1
+        ui.result(done["table"])  # the table, then its verdict line
+        ui.verdict(done["verdict"], always=not done["ok"])
+    return 0 if done["ok"] else 1
 
 
 @cli.command()
@@ -222,14 +292,12 @@ def inspect(ui: Output, path: Path, as_json: bool, input_size: tuple[int, int] |
     """Describe a SOURCE or a fuse output: what folds (each group by kind), the sums left as
     they are and why, ops by type, parameter and multiply-add totals of the train and deploy
     graphs. Checkpoints and OUT folders are read without Paddle; a program needs it."""
-    from acnet_convert.commands.describe import describe, format_report
-
-    report = describe(path, input_size=input_size)
-    ui.result(json.dumps(report, indent=2) if as_json else format_report(report))
+    done = _run("inspect", {"path": path, "as_json": as_json, "input_size": input_size}, [path])
+    ui.result(done["text"])
 
 
 def main() -> None:
-    """The console script: SIGTERM is handled like Ctrl-C from the start."""
+    """The console script: SIGTERM and SIGHUP are handled like Ctrl-C from the start."""
     signals.install()
     try:
         code = cli.main(prog_name="acnet-convert", standalone_mode=False)

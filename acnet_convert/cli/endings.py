@@ -1,27 +1,26 @@
-"""How a command ends: every outcome becomes at most one line on stderr and the contract's exit
-code (0 success, 1 mismatch, 3 bad input, 4 internal error, 130/143 interrupted, 141 pipe closed)."""
+"""How a command ends: every outcome becomes at most one line on stderr (with, for some errors,
+a listing wrapped under it) and the contract's exit code (0 success, 1 mismatch, 2 usage, 3 bad
+input, 4 internal error, 130/143 interrupted, 141 pipe closed).
+The work's own failures come from the worker already said (`supervise.ChildFailed`); this
+process's own (the checks before the work, the commit after it) are said the same way
+(`common.failures`)."""
 from __future__ import annotations
 
 import contextlib
 import functools
-import textwrap
-import gc
 import os
 import sys
-import traceback
 from typing import Any, Callable
 
 import click
 
 from acnet_convert.cli.output import LINE, Output
 from acnet_convert.common import signals
-from acnet_convert.common.errors import ConvertError
-from acnet_convert.common.text import one_line, printable
+from acnet_convert.common.failures import failure
+from acnet_convert.common.text import printable
+from acnet_convert.supervise.endings import ChildFailed
 
-EXIT_BAD_INPUT = 3
-EXIT_INTERNAL = 4
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a filter whose reader went away returns
-WIDTH = 80  # a listing under an error is wrapped to a terminal's width
 
 
 def say(line: str) -> None:
@@ -30,18 +29,11 @@ def say(line: str) -> None:
         click.echo(printable(line, LINE), err=True)
 
 
-def _input_error(err: BaseException) -> str:
-    """What the standard library's errors about an input mean, in one line."""
-    if isinstance(err, MemoryError):
-        return "out of memory: the input is too large for this machine"
-    if isinstance(err, RecursionError):
-        return "the input is nested too deeply to read"
-    if isinstance(err, OverflowError):
-        return f"a number in the input is out of range ({one_line(err)})"
-    if isinstance(err, OSError) and err.strerror and err.filename is not None:
-        both = f"{printable(err.filename)} -> {printable(err.filename2)}" if err.filename2 else printable(err.filename)
-        return f"{both}: {err.strerror}"
-    return one_line(err)
+def _say_lines(text: str) -> None:
+    """A failure's line, and the wrapped listing under it (`common.failures`: each line of it
+    made printable there, so a newline here is one the failure put)."""
+    for line in text.split("\n"):
+        say(line)
 
 
 def _stdout_closed() -> int:
@@ -54,27 +46,30 @@ def _stdout_closed() -> int:
     return EXIT_BROKEN_PIPE
 
 
+def _traceback(text: str | None) -> None:
+    if text:
+        with contextlib.suppress(OSError, ValueError):
+            click.echo(text.rstrip("\n"), err=True)
+
+
 def handled(command: Callable[..., int | None]) -> Callable[..., None]:
     """Turn every way a command can end into at most one line on stderr and the contract's exit
-    code: bad input 3 (ConvertError, and the OSError, RecursionError, OverflowError and
-    MemoryError an input provokes), mismatch 1, Ctrl-C 130, SIGTERM 143, a closed stdout 141
-    (silently), anything else 4, "internal error" (with -v, after its traceback)."""
+    code: the worker's failure as it said it, bad input 3, mismatch 1, Ctrl-C 130, SIGTERM and
+    SIGHUP 143, a closed stdout 141 (silently), anything else 4, "internal error" (with -v, after
+    its traceback)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         ui: Output = click.get_current_context().obj
         try:
             code = command(*args, **kwargs) or 0
-            signals.raise_if_received()  # a library swallowed the interrupt: still one
+            signals.raise_if_received()  # swallowed somewhere: still an interrupt
             sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except BaseException as err:  # noqa: BLE001 - every ending gets its line and code
             ui.end_line()
             code = _ending(err, ui.verbose)
-        # Paddle leaves millions of objects behind; collecting them at interpreter exit took
-        # 0.7-2 s of every run (measured). Nothing needs them collected: freeze and go.
-        gc.freeze()
         sys.exit(code)
 
     return wrapper
@@ -82,31 +77,21 @@ def handled(command: Callable[..., int | None]) -> Callable[..., None]:
 
 def _ending(err: BaseException, verbose: bool) -> int:
     """The line and exit code for a command that raised `err`."""
-    # Paddle turns an interrupt raised inside its C++ callbacks into a RuntimeError: the signal
-    # that arrived decides, whatever the exception became
     interrupt = signals.received() or (err if isinstance(err, KeyboardInterrupt) else None)
     if interrupt is not None:
         say(signals.describe(interrupt))
         return signals.exit_code(interrupt)
-    if isinstance(err, ConvertError):
-        say(f"error: {err.headline}")
-        if err.listing:
-            label, names = err.listing
-            for line in textwrap.wrap(f"{label}: {', '.join(printable(n, 80) for n in names)}", WIDTH,
-                                      initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False):
-                say(line)
-        return err.exit_code
+    if isinstance(err, ChildFailed):
+        if verbose:
+            _traceback(err.traceback)
+        _say_lines(err.line)
+        return err.code
     if isinstance(err, BrokenPipeError):
         return _stdout_closed()
-    if isinstance(err, (OSError, RecursionError, OverflowError, MemoryError)):
-        if verbose:
-            traceback.print_exception(err)
-        say(f"error: {_input_error(err)}")
-        return EXIT_BAD_INPUT
     if isinstance(err, Exception):
+        told = failure(err, verbose)
         if verbose:
-            traceback.print_exception(err)
-        hint = "" if verbose else " (rerun with -v for the traceback)"
-        say(f"internal error: {type(err).__name__}: {one_line(err)}{hint}")
-        return EXIT_INTERNAL
+            _traceback(told.traceback)
+        _say_lines(told.line)
+        return told.code
     raise err  # SystemExit and the like: not ours to translate

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from acnet_convert.common.errors import UsageError
-from acnet_convert.common.sizes import MAX_SIZE, MIN_SIZE, SizeLike, as_size, parse_size
+from acnet_convert.common.sizes import MAX_SIZE, MIN_SIZE, parse_size
 from acnet_convert.out import destination
 from acnet_convert.out.artifacts import ONNX_MODEL
 
@@ -39,8 +39,8 @@ class _Size(click.ParamType):
 
 ARCH_CHOICES = ["auto", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
-# What Paddle and memory can honour. The manifest reader (artifacts) accepts input sizes to
-# 8192 and class counts to 2**24; verify's images are bounded again by pixels, below.
+# What Paddle and memory can honour (`common.sizes`, `common.budgets`, where every other way in
+# is checked too).
 INPUT_SIZE = click.IntRange(MIN_SIZE, MAX_SIZE)
 SIZE = _Size()
 NUM_CLASSES = click.IntRange(1, 1 << 24)
@@ -48,21 +48,8 @@ BATCH_SIZE = click.IntRange(1, 4096)
 BATCHES = click.IntRange(1, 100_000)
 SEED = click.IntRange(0, 2**32 - 1)
 TOLERANCE = _FiniteFloat(0.0, 1e6)
-BATCH_PIXELS = 1 << 24  # per batch: 16.7 Mpx, 200 MB of float32 input (334 images at 224)
-TOTAL_PIXELS = 1 << 27  # random inputs in all: 134 Mpx, 1.6 GB (2674 images at 224)
-
-
-def check_verify_budget(size: SizeLike, batch_size: int, batches: int, from_file: bool) -> None:
-    """Refuse, before any work, image counts that memory cannot hold (random inputs may add one
-    batch at a second size of about as many pixels: counted)."""
-    h, w = as_size(size)
-    per_image = h * w
-    if batch_size * per_image > BATCH_PIXELS:
-        raise UsageError(f"--batch-size {batch_size} of {h}x{w} images is more than one batch "
-                         f"may hold: at most {max(1, BATCH_PIXELS // per_image)}")
-    if not from_file and (batches + 1) * batch_size * per_image > TOTAL_PIXELS:
-        raise UsageError(f"--batches {batches} x --batch-size {batch_size} of {h}x{w} images is "
-                         f"more than one run may hold: at most {max(1, TOTAL_PIXELS // per_image)} images")
+TIME_LIMIT = click.IntRange(1, 10**7)  # seconds
+MEMORY_LIMIT = click.IntRange(64, 1 << 30)  # MiB
 
 
 def fuse_output_files(out_dir: Path) -> list[Path]:
@@ -74,8 +61,6 @@ def source_files(manifest: Any) -> list[Path]:
     """The source fuse read (never overwritten): for a program, its parameters beside it too."""
     path = Path(manifest.source.path)
     return [path, path.with_suffix(".pdiparams")] if manifest.source.kind == "program" else [path]
-
-
 
 
 def three_floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:

@@ -15,6 +15,7 @@ import numpy as np
 from acnet_convert.out import staging
 from acnet_convert.out.artifacts import Artifacts, Manifest
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.phase import ONNX, phase
 from acnet_convert.common.sizes import size_text
 from acnet_convert.common.text import printable
 
@@ -89,7 +90,8 @@ def export_onnx(
     model takes (`fuse` records it in the manifest it writes). With `fp16` the weights and activations are float16 (inputs and outputs stay
     float32): before anything is written, a weight beyond float16's range is refused by name
     (`onnx_writer.fp16_range_report`), and the values that underflow to zero are counted."""
-    from acnet_convert.write.onnx.writer import build_onnx, fp16_range_report, write_onnx
+    with phase("importing", "onnx", ONNX):
+        from acnet_convert.write.onnx.writer import build_onnx, fp16_range_report, write_onnx
     from acnet_convert.read.program import load_program
     from acnet_convert.read.program_reader import read_graph
 
@@ -99,7 +101,8 @@ def export_onnx(
     if output.exists() and not force:
         raise ConvertError(f"{printable(output)} already exists (pass --force to replace it)")
     fmt = "pir" if "pir" in manifest.formats else manifest.formats[0]
-    program = load_program(artifacts.program(fmt), artifacts.params)
+    shown = artifacts.program(fmt)
+    program = load_program(shown, artifacts.params, follow_links=False)
     graph = read_graph(program)
     free = () if static_size else free_axes(manifest)
     if not free:  # where the program leaves H and W open, the manifest's size fixes them
@@ -114,11 +117,13 @@ def export_onnx(
             raise ConvertError(f"{'weight' if len(names) == 1 else 'weights'} {shown} "
                                f"{'does' if len(names) == 1 else 'do'} not fit float16: values up to "
                                f"{largest:.4g}, beyond its largest 65504; export without --fp16")
-    model = build_onnx(graph, opset=opset, static_batch=static_batch, batch_size=batch_size, dynamic_size=free,
-                       fp16=fp16, metadata=onnx_metadata(manifest))
+    with phase("translating to ONNX the deploy model", shown, ONNX):
+        model = build_onnx(graph, opset=opset, static_batch=static_batch, batch_size=batch_size, dynamic_size=free,
+                           fp16=fp16, metadata=onnx_metadata(manifest))
     del program, graph
     dims = tuple(d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
-    write_onnx(model, output, replace=force)
+    with phase("checking and writing the ONNX model of", shown, ONNX):
+        write_onnx(model, output, replace=force)
     if record:
         data = json.dumps(replace(manifest, onnx_input=dims).to_json(), indent=2) + "\n"
         staging.write_file(artifacts.manifest_path, data.encode(), replace=True, what="manifest")

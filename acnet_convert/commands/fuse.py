@@ -2,6 +2,7 @@
 -> the deploy model and its companions, written into OUT/ all at once."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 from acnet_convert.out.artifacts import Artifacts, InputRecord, Manifest, SourceRecord, new_manifest
+from acnet_convert.common.budgets import input_shape_problem
 from acnet_convert.common.errors import ConvertError, UsageError
+from acnet_convert.common.phase import PADDLE, phase
 from acnet_convert.common.sizes import Size, SizeLike, as_size, size_text
 from acnet_convert.graph.ir import Graph
 from acnet_convert.graph.summary import declined_rows, fused_rows, graph_totals
@@ -129,11 +132,16 @@ def fuse(
     reference_layout: bool = False,
     track: Callable[[list[Region], str], Iterable[Region]] | None = None,
     note: Callable[[str], None] = lambda _text: None,
+    into: Path | None = None,
 ) -> FuseResult:
+    """Read SOURCE, fold what folds, write OUT (staged beside it, committed at the end). With
+    `into`, an empty folder the caller made (and checked OUT for, and commits): everything is
+    written there instead, nothing is checked or committed here."""
     source_path, out = Path(source_path), Path(out)
     if paddle_format not in PADDLE_FORMATS:
         raise UsageError(f"--paddle-format {printable(paddle_format)}: choose one of {', '.join(PADDLE_FORMATS)}")
-    check_destination(out, force, [source_path])  # before any work: OUT apart from SOURCE, replaceable
+    if into is None:
+        check_destination(out, force, [source_path])  # before any work: OUT apart from SOURCE, replaceable
     timings: dict[str, float] = {}
     warnings: list[str] = []
     start = time.perf_counter()
@@ -142,6 +150,12 @@ def fuse(
                          allow_nonfinite=allow_nonfinite)
     warnings += source.warnings
     timings["read"] = time.perf_counter() - start
+    for name in source.graph.inputs:  # what the manifest records, verify feeds and ONNX declares
+        shape = source.graph.tensors[name].shape if name in source.graph.tensors else ()
+        problem = input_shape_problem(shape)
+        if problem:
+            raise ConvertError(f"{printable(source.path)}: input {printable(name)} has shape {list(shape)}: {problem}; "
+                               "no deploy model of it could be verified or run")
     size = input_size_of(source.graph, input_size, printable(source.path))  # the manifest, ONNX and verify use it
 
     start = time.perf_counter()
@@ -182,18 +196,21 @@ def fuse(
     start = time.perf_counter()
     from acnet_convert.write.pir import apply_deploy_graph, save_program
 
-    with staged_dir(out, force, [source_path]) as stage:
+    with staged_dir(out, force, [source_path]) if into is None else contextlib.nullcontext(Path(into)) as stage:
         artifacts = Artifacts(stage)
         try:
-            apply_deploy_graph(source.program, deploy)
-            save_program(source.program, artifacts.prefix)
+            with phase("editing the program of", source.path, PADDLE):
+                apply_deploy_graph(source.program, deploy)
+            with phase("saving the deploy model of", source.path, PADDLE):
+                save_program(source.program, artifacts.prefix)
             timings["paddle"] = time.perf_counter() - start
             if "legacy" in formats:  # from the same deploy graph, sharing inference.pdiparams
                 from acnet_convert.write.legacy.writer import write_legacy_program
 
                 legacy_start = time.perf_counter()
                 try:
-                    write_legacy_program(artifacts, deploy)
+                    with phase("writing the legacy deploy model of", source.path, PADDLE):
+                        write_legacy_program(artifacts, deploy)
                 except ConvertError as err:  # Paddle refused an op (a BN epsilon above 1e-3): auto falls back
                     if paddle_format != "auto":
                         raise

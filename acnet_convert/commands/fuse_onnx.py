@@ -5,12 +5,14 @@ Paddle is not imported."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from acnet_convert.commands.fuse import FuseResult, input_size_of
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.phase import ONNX, phase
 from acnet_convert.common.sizes import SizeLike
 from acnet_convert.common.text import printable
 from acnet_convert.graph.regions import Region
@@ -55,16 +57,23 @@ def fuse_onnx(
     allow_nonfinite: bool = False,
     track: Callable[[list[Region], str], Iterable[Region]] | None = None,
     note: Callable[[str], None] = lambda _text: None,
+    into: Path | None = None,
 ) -> OnnxFuseResult:
-    """Fuse the train-form ONNX model `source_path` into OUT/model.onnx (see the module docstring)."""
-    from acnet_convert.write.onnx.edit import apply_deploy, check_onnx, save_onnx
+    """Fuse the train-form ONNX model `source_path` into OUT/model.onnx (see the module docstring).
+    With `into`, an empty folder the caller made (and checked OUT for, and commits): everything
+    is written there instead, nothing is committed here."""
+    with phase("importing", "onnx", ONNX):
+        from acnet_convert.write.onnx.edit import apply_deploy, check_onnx, save_onnx
 
     source_path, out = Path(source_path), Path(out)
-    check_destination(out, force, [source_path])  # before any work: OUT apart from SOURCE, replaceable
+    if into is None:
+        check_destination(out, force, [source_path])  # before any work: OUT apart from SOURCE, replaceable
     timings: dict[str, float] = {}
     warnings: list[str] = []
     start = time.perf_counter()
-    source = open_onnx(source_path)
+    with phase("reading the model", source_path, ONNX):
+        source = open_onnx(source_path)
+    # its external data is a source too (the caller knew only the model): OUT must stay apart from it
     check_destination(out, force, [source_path, *source.model.data_files])
     graph = source.graph
     size = input_size_of(graph, input_size, printable(source.path))  # the manifest, the ONNX checks and verify use it
@@ -80,8 +89,9 @@ def fuse_onnx(
     note(f"writing the fused ONNX model to {printable(out)}")
     start = time.perf_counter()
     external = source.model.external
-    proto = apply_deploy(source.model, graph, deploy)
-    check_onnx(proto, out / "model.onnx")
+    with phase("editing and checking the model", source.path, ONNX):
+        proto = apply_deploy(source.model, graph, deploy)
+        check_onnx(proto, out / "model.onnx")
     timings["edit"] = time.perf_counter() - start
     manifest = new_manifest(
         paddle_version="",
@@ -97,10 +107,12 @@ def fuse_onnx(
                 "macs_train": train_totals["macs"], "macs_deploy": deploy_totals["macs"]},
     )
     start = time.perf_counter()
-    with staged_dir(out, force, [source_path, *source.model.data_files]) as stage:
+    staged = staged_dir(out, force, [source_path, *source.model.data_files]) if into is None else nullcontext(Path(into))
+    with staged as stage:
         artifacts = Artifacts(stage)
         try:
-            save_onnx(proto, artifacts.onnx, external, ONNX_DATA)
+            with phase("saving the fused model of", source.path, ONNX):
+                save_onnx(proto, artifacts.onnx, external, ONNX_DATA)
             artifacts.write_manifest(manifest)
         except OSError as err:
             raise ConvertError(f"cannot write {printable(out)}: {err.strerror or err}") from None

@@ -22,6 +22,7 @@ their preprocessing: `deploy_config`), the per-group check `per_layer`.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -34,8 +35,9 @@ import numpy as np
 from acnet_convert.out.artifacts import ONNX_SOURCE, Artifacts, Manifest
 from acnet_convert.out.deploy_config import Preprocess, default_preprocess, read_inference_config
 from acnet_convert.verify.device import resolve_device
+from acnet_convert.common.budgets import check_verify_budget
 from acnet_convert.common.errors import ConvertError, UsageError
-from acnet_convert.common.regular_file import not_a_file
+from acnet_convert.common.regular_file import not_a_file, open_regular
 from acnet_convert.common.sizes import SizeLike, size_text
 from acnet_convert.verify.sizes import accepted, second_sizes, takes_any_size
 from acnet_convert.verify.deploy_weights import DeployModel, check_deploy_weights
@@ -229,6 +231,8 @@ def verify(
         raise ConvertError(f"{printable(out_dir)} was fused from an ONNX model: commands.verify_onnx verifies it")
     artifacts.check_complete(manifest)
     log = _Log(note)
+    if onnx is None and os.path.lexists(artifacts.onnx):
+        open_regular(artifacts.onnx).close()  # fuse writes a regular file: a link or a FIFO there is refused
     onnx_path = Path(onnx) if onnx is not None else (artifacts.onnx if artifacts.onnx.is_file() else None)
     why = None if onnx_path is None else not_a_file(onnx_path)
     if why:
@@ -236,15 +240,16 @@ def verify(
     overrides = {"resize_short": resize_short, "crop": crop, "mean": mean, "std": std}
     feed = _feed(artifacts, manifest, image_shape(manifest), inputs, images, labels, overrides, batch_size, batches,
                  seed, log.say)  # the user's inputs first: their errors come before any note or heavy work
+    if isinstance(feed, ImageFeed):
+        shape = (3, *feed.preprocess.crop)
+    else:
+        shape = tuple(feed.first().shape[1:]) if feed.kind == "npy" else image_shape(manifest)
+    check_verify_budget(shape[1:], batch_size, batches, feed.kind != "random")  # the size fed, wherever it came from
     target = resolve_device(device, onnx=onnx_path is not None)
     for text in target.notes:
         log.say(text)
     if onnx_path is None:
         log.say(f"no {artifacts.onnx.name} in {printable(artifacts.root)}: comparing the Paddle models only")
-    if isinstance(feed, ImageFeed):
-        shape = (3, *feed.preprocess.crop)
-    else:
-        shape = tuple(feed.first().shape[1:]) if feed.kind == "npy" else image_shape(manifest)
     any_size = takes_any_size(manifest)
 
     models = [DeployModel(PADDLE_NAMES[fmt], program, params) for fmt, program, params in artifacts.paddle_models(manifest)]

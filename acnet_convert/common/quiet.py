@@ -14,6 +14,7 @@ import warnings
 from typing import Iterator
 
 from acnet_convert.common import signals
+from acnet_convert.common.phase import PADDLE, phase
 
 _verbose = False
 
@@ -62,7 +63,9 @@ def import_paddle():  # noqa: ANN201 - the paddle module
     import (one inside a C extension's initialisation would surface as `ImportError:
     initialization failed`) and raise once it is done; Paddle's own C-level signal handlers
     are removed and our SIGTERM handler put back."""
-    with signals.deferred():
+    if "paddle" in sys.modules:
+        return sys.modules["paddle"]
+    with phase("importing", "Paddle", PADDLE), signals.deferred():
         with silenced():
             import paddle
 

@@ -38,13 +38,14 @@ def not_a_file(path: Path | str) -> str | None:
     return None if stat.S_ISREG(mode) else f"is {kind_of(mode)}, not a file"
 
 
-def open_regular(path: Path | str, shown: Path | str | None = None) -> BinaryIO:
-    """Open `path` for reading if it is a regular file, not through a symbolic link.
+def open_regular(path: Path | str, shown: Path | str | None = None, follow: bool = False) -> BinaryIO:
+    """Open `path` for reading if it is a regular file, not through a symbolic link (unless
+    `follow`: a link to a regular file is then opened).
 
     `shown` is the name used in messages (the checkpoint-relative path when `path` is a link's
     resolved target). Raises ConvertError, one line naming the file, for anything else."""
     shown = printable(path if shown is None else shown)
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
     except OSError as err:

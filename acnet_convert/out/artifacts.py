@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from acnet_convert import __version__
+from acnet_convert.common.budgets import MAX_DIM, MAX_SIDE, input_shape_problem
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.regular_file import file_size, open_regular
 from acnet_convert.common.text import one_line, printable
 
 if TYPE_CHECKING:  # numpy is imported where weights are written: the CLI starts without it
@@ -41,7 +43,6 @@ INFERENCE_CONFIG = "inference.yml"
 PERSISTABLES = "persistables"
 PROGRAM_SUFFIXES = {"pir": ".json", "legacy": ".pdmodel"}
 MAX_MANIFEST_BYTES = 64 << 20
-_MAX_INPUT_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -126,18 +127,25 @@ class Manifest:
         inputs = []
         for item in raw_inputs:
             shape = item.get("shape") if isinstance(item, dict) else None
-            if not isinstance(shape, list) or len(shape) > 8 or any(type(d) is not int or not -1 <= d <= 1 << 31 for d in shape):
-                raise bad("inputs.shape", "must be a list of at most 8 integers >= -1")
+            if not isinstance(shape, list) or len(shape) > 8:
+                raise bad("inputs.shape", "must be a list of at most 8 integers")
+            problem = input_shape_problem(shape)
+            if problem:
+                raise bad("inputs.shape", f"is beyond what verify and ONNX can feed: {problem}")
             inputs.append(InputRecord(string(item, "name"), tuple(shape), string(item, "dtype")))
         formats = data.get("formats")
         if (not isinstance(formats, list) or (not formats and record.format != ONNX_SOURCE)
                 or any(f not in PROGRAM_SUFFIXES for f in formats)):
             raise bad("formats", f"must list Paddle formats among {sorted(PROGRAM_SUFFIXES)}")
         rows = {}
-        for key in ("fused", "declined"):
+        for key, check in (("fused", _fused_row_problem), ("declined", _declined_row_problem)):
             value = data.get(key, [])
             if not isinstance(value, list) or any(not isinstance(row, dict) for row in value):
                 raise bad(key, "must be a list of objects")
+            for i, row in enumerate(value):
+                problem = check(row)
+                if problem:
+                    raise bad(f"{key}[{i}]", problem)
             rows[key] = tuple(value)
         ops = data.get("ops", {})
         if not isinstance(ops, dict) or any(
@@ -173,13 +181,66 @@ class Manifest:
         )
 
 
+def read_small(path: Path, limit: int, what: str) -> bytes:
+    """A file of OUT, whole: a regular file (fuse writes nothing else: a link, a FIFO or a device
+    in its place is refused like any other, ConvertError), of at most `limit` bytes."""
+    with open_regular(path) as f:
+        if file_size(f) > limit:
+            raise ConvertError(f"{printable(path)} is too large to be {what}")
+        return f.read(limit + 1)
+
+
+def _ints(value: Any, length: int | tuple[int, ...], low: int, high: int) -> bool:
+    lengths = (length,) if isinstance(length, int) else length
+    return isinstance(value, list) and len(value) in lengths and all(type(v) is int and low <= v <= high for v in value)
+
+
+def _fused_row_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with one row of the manifest's fused table (`summary.fused_rows`), as
+    inspect and verify --per-layer read it; None: nothing."""
+    for key in ("name", "input", "output"):
+        if not isinstance(row.get(key), str):
+            return f"{key} must be a string"
+    if row.get("kind") not in ("sum", "chain", "conv_bn"):
+        return "kind must be sum, chain or conv_bn"
+    for key, length, low in (("kernel", 2, 1), ("stride", 2, 1), ("dilation", 2, 1), ("padding", (2, 4), 0)):
+        if not _ints(row.get(key), length, low, MAX_SIDE):
+            return f"{key} must be a list of integers from {low} to {MAX_SIDE}"
+    for key in ("groups", "in", "out"):
+        if type(row.get(key)) is not int or not 1 <= row[key] <= MAX_DIM:
+            return f"{key} must be an integer from 1 to {MAX_DIM}"
+    if "params_train" in row and not all(type(row.get(k)) is int and row[k] >= 0 for k in ("params_train", "params_deploy")):
+        return "params_train and params_deploy must be counts"
+    tensors = row.get("deploy_tensors")
+    if not isinstance(tensors, list) or len(tensors) != 2 or not all(isinstance(t, str) for t in tensors):
+        return "deploy_tensors must be the names of a weight and a bias"
+    branches = row.get("branches")
+    if not isinstance(branches, list) or len(branches) > 4096:
+        return "branches must be a list of at most 4096 branches"
+    for branch in branches:
+        if not isinstance(branch, dict) or branch.get("kind") not in ("conv", "identity", "pool"):
+            return "every branch must be a conv, identity or pool object"
+        if branch["kind"] == "conv" and not _ints(branch.get("kernel"), 2, 1, MAX_SIDE):
+            return f"a conv branch's kernel must be a list of integers from 1 to {MAX_SIDE}"
+        bn = branch.get("bn")  # manifests before issue 18 name each branch's BN
+        if bn is not None and not (isinstance(bn, list) and len(bn) >= 2):
+            return "a branch's bn must list its scale and offset (and statistics)"
+    return None
+
+
+def _declined_row_problem(row: dict[str, Any]) -> str | None:
+    if not all(isinstance(row.get(key), str) for key in ("op", "reason")):
+        return "op and reason must be strings"
+    return None
+
+
 def _input_hw(value: Any, bad: Any) -> tuple[int, int]:
     """manifest.json's input_size: [H, W], or one int (manifests written before non-square sizes)."""
     if type(value) is int:
         value = [value, value]
     if (not isinstance(value, list) or len(value) != 2
-            or any(type(v) is not int or not 1 <= v <= _MAX_INPUT_SIZE for v in value)):
-        raise bad("input_size", f"must be [height, width], integers in [1, {_MAX_INPUT_SIZE}]")
+            or any(type(v) is not int or not 1 <= v <= MAX_SIDE for v in value)):
+        raise bad("input_size", f"must be [height, width], integers in [1, {MAX_SIDE}]")
     return value[0], value[1]
 
 
@@ -254,12 +315,10 @@ class Artifacts:
         if not root.is_dir():
             why = "does not exist" if not os.path.lexists(root) else "is not a folder (OUT is the folder fuse wrote)"
             raise ConvertError(f"{printable(root)} {why}")
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise ConvertError(f"{printable(path)} is missing: {printable(root)} is not an output of '{TOOL} fuse'")
         try:
-            if path.stat().st_size > MAX_MANIFEST_BYTES:
-                raise ConvertError(f"{printable(path)} is too large to be a manifest")
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_small(path, MAX_MANIFEST_BYTES, "a manifest").decode("utf-8"))
         except RecursionError:
             raise ConvertError(f"{printable(path)} is not a valid manifest: nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as err:

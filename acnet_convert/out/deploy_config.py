@@ -38,12 +38,14 @@ line number. Nothing here imports Paddle.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acnet_convert.out.artifacts import Artifacts
+from acnet_convert.out.artifacts import Artifacts, read_small
+from acnet_convert.common.budgets import MAX_SIDE
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.sizes import SizeLike
 from acnet_convert.out.preprocess import (IMAGENET_MEAN, IMAGENET_STD, SCALE, Preprocess,  # noqa: F401 - re-exported
@@ -129,12 +131,10 @@ def write_inference_config(
 def read_inference_config(artifacts: Artifacts) -> DeployConfig | None:
     """OUT/inference.yml, or None when there is none (an OUT written before it existed)."""
     path = artifacts.inference_config
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     try:
-        if path.stat().st_size > _MAX_BYTES:
-            raise ConvertError(f"{printable(path)} is too large to be an inference config")
-        text = path.read_text(encoding="utf-8")
+        text = read_small(path, _MAX_BYTES, "an inference config").decode("utf-8")
     except UnicodeDecodeError:
         raise ConvertError(f"{printable(path)} is not UTF-8 text") from None
     return parse_inference_config(text, printable(path))
@@ -179,7 +179,8 @@ def parse_inference_config(text: str, where: str = "inference.yml") -> DeployCon
         raise ConvertError(f"{where}: NormalizeImage order {printable(order)}: verify normalises decoded HWC images "
                            "(order '')")
     values = dict(  # each names the file in its own message
-        resize_short=None if exact else _int(resize["resize_short"], "ResizeImage.resize_short", where),
+        resize_short=None if exact else _int(resize["resize_short"], "ResizeImage.resize_short", where,
+                                             2 * MAX_SIDE),
         resize=exact,
         crop=crop,
         mean=_floats(norm.get("mean", list(IMAGENET_MEAN)), "NormalizeImage.mean", where),
@@ -198,18 +199,18 @@ def parse_inference_config(text: str, where: str = "inference.yml") -> DeployCon
                         None if name is None else str(name), _int(post.get("topk", 5), "PostProcess.topk", where))
 
 
-def _int(value: Any, key: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 24:
-        raise ConvertError(f"{where}: {key} must be a positive integer, not {printable(value)}")
+def _int(value: Any, key: str, where: str, high: int = 1 << 24) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ConvertError(f"{where}: {key} must be an integer from 1 to {high}, not {printable(value)}")
     return value
 
 
 def _width_height(value: Any, key: str, where: str) -> tuple[int, int]:
     """A PaddleClas size: N, or [W, H] (width first, as its CropImage and ResizeImage read it),
-    as (H, W)."""
+    as (H, W); each side within the budget (`common.budgets`)."""
     if isinstance(value, list) and len(value) == 2:
-        return _int(value[1], key, where), _int(value[0], key, where)
-    size = _int(value, key, where)
+        return _int(value[1], key, where, MAX_SIDE), _int(value[0], key, where, MAX_SIDE)
+    size = _int(value, key, where, MAX_SIDE)
     return size, size
 
 
@@ -222,9 +223,9 @@ def _floats(value: Any, key: str, where: str) -> tuple[float, ...]:
 def _scale(value: Any, where: str) -> float:
     # PaddleClas also accepts an expression such as 1.0/255.0 (it eval()s strings): only that form
     if isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9.]+)\s*/\s*([0-9.]+)\s*", value)
-        if not match:
-            raise ConvertError(f"{where}: NormalizeImage.scale {printable(value)} is not a number or a/b")
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*", value)
+        if not match or float(match.group(2)) == 0:
+            raise ConvertError(f"{where}: NormalizeImage.scale {printable(value)} is not a number or a/b with b > 0")
         return float(match.group(1)) / float(match.group(2))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConvertError(f"{where}: NormalizeImage.scale must be a number")

@@ -151,12 +151,12 @@ def why_not_replaceable(folder: Path) -> str | None:
     if not isinstance(manifest, dict) or manifest.get("tool") != artifacts.TOOL:
         return f"is not an output of {artifacts.TOOL} fuse (no manifest.json of ours)"
     ours = fuse_file_names()
-    onnx_temp = f".{artifacts.ONNX_MODEL}."  # left by an interrupted export-onnx
+    onnx_temp = f".{artifacts.ONNX_MODEL}."  # left by an interrupted export-onnx (a file or its stage)
     foreign = sorted(
         name for name, entry in entries.items()
         if not (name in ours and not entry.is_dir(follow_symlinks=False))
         and not (name == artifacts.PERSISTABLES and entry.is_dir(follow_symlinks=False))
-        and not (name.startswith(onnx_temp) and name.endswith(".tmp"))
+        and not (name.startswith(onnx_temp) and (name.endswith(".tmp") or ".partial-" in name))
     )
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
@@ -258,7 +258,7 @@ def check_file_destination(
     check_apart(real, sources, what, "the input", shown=path)
     _check_parent(real, path)
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".probe", dir=real.parent)
+        fd, probe = tempfile.mkstemp(prefix=".acnet-convert.", suffix=".probe", dir=real.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:

@@ -16,12 +16,14 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import platform
 import shutil
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -39,6 +41,7 @@ _SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "ppc64le": 357, "s390x": 347}
 _NO_RENAMEAT2 = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 _LOCK_WAIT = 30.0  # seconds to wait for a lock another run of this tool holds briefly
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NAME_MAX = 255
 
 # ---------------------------------------------------------------------------------------------
 # renameat2
@@ -120,15 +123,33 @@ def _locked_folder(path: Path, what: str) -> Iterator[None]:
         os.close(fd)
 
 
+def fitting(name: str, room: int) -> str:
+    """`name`, or a shortened form unique to it, in at most `room` bytes: the temporary names
+    made from OUT's or a file's name (".NAME.partial-...") must fit NAME_MAX (255 bytes) when
+    NAME itself is up to 255 bytes long."""
+    if len(os.fsencode(name)) <= room:
+        return name
+    tag = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    cut = name
+    while len(os.fsencode(cut)) > room - len(tag):
+        cut = cut[:-1]
+    return cut + tag
+
+
 def _staging_prefix(real: Path) -> str:
-    return f".{real.name}.partial-"
+    # ".NAME.partial-" + pid (up to 7 digits) + "-" + mkdtemp's 8 characters
+    return f".{fitting(real.name, _NAME_MAX - 26)}.partial-"
 
 
 def remove_stale_staging(real: Path) -> None:
     """Remove staging folders beside `real` whose run is dead (their lock is free)."""
-    prefix = _staging_prefix(real)
+    remove_stale(real.parent, _staging_prefix(real))
+
+
+def remove_stale(parent: Path, prefix: str) -> None:
+    """Remove the folders in `parent` named `prefix`... whose run is dead (their lock is free)."""
     try:
-        entries = [e for e in os.scandir(real.parent) if e.name.startswith(prefix)]
+        entries = [e for e in os.scandir(parent) if e.name.startswith(prefix)]
     except OSError:
         return
     for entry in entries:
@@ -150,23 +171,35 @@ def remove_stale_staging(real: Path) -> None:
             os.close(fd)
 
 
-def _new_staging(real: Path) -> tuple[Path, int]:
-    """A fresh, locked, empty staging folder beside `real`, with the permissions mkdir gives."""
+def locked_folder(parent: Path, prefix: str, mode: int | None = None) -> tuple[Path, int]:
+    """A fresh, empty folder in `parent` named `prefix`..., and the descriptor holding its lock
+    for the life of the run (`remove_stale` leaves it alone while the lock is held). `mode`
+    None: the permissions mkdir gives."""
     umask = os.umask(0)
     os.umask(umask)
     for _ in range(100):
-        stage = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(real)}{os.getpid()}-", dir=real.parent))
-        fd = _open_dir(stage)
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        fd = -1
         try:
+            fd = _open_dir(folder)
             _flock(fd, _LOCK_WAIT)
-            if _still_at(fd, stage):  # not removed as stale between mkdtemp and flock
-                os.fchmod(fd, 0o777 & ~umask)
-                return stage, fd
-        except BaseException:
-            os.close(fd)
+            if _still_at(fd, folder):  # not removed as stale between mkdtemp and flock
+                os.fchmod(fd, (0o777 & ~umask) if mode is None else mode)
+                return folder, fd
+        except BaseException:  # a signal (or an error) before the caller holds it: the empty folder goes too
+            if fd < 0 or _still_at(fd, folder):
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+            if fd >= 0:
+                os.close(fd)
             raise
         os.close(fd)
-    raise OSError(errno.EAGAIN, "staging folders keep vanishing", str(real.parent))
+    raise OSError(errno.EAGAIN, "staging folders keep vanishing", str(parent))
+
+
+def _new_staging(real: Path) -> tuple[Path, int]:
+    """A fresh, locked, empty staging folder beside `real`, with the permissions mkdir gives."""
+    return locked_folder(real.parent, f"{_staging_prefix(real)}{os.getpid()}-")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,30 +307,71 @@ def _remove(path: Path) -> None:
 # the two ways to write
 
 
+@dataclass
+class Stage:
+    """A staging folder beside a destination, locked (flock on `fd`) for the life of its run."""
+
+    path: Path
+    dest: Destination
+    fd: int
+
+
+def open_stage(dest: Destination) -> Stage:
+    """A fresh, empty, locked staging folder beside `dest` (left-over ones whose run is dead are
+    removed first)."""
+    remove_stale_staging(dest.real)
+    try:
+        path, fd = _new_staging(dest.real)
+    except OSError as err:
+        raise ConvertError(f"cannot create a staging folder beside {printable(dest.shown)}: {err.strerror}") from None
+    return Stage(path, dest, fd)
+
+
+def commit_stage(stage: Stage, force: bool, what: str = "OUT", check: Callable[[Path], str | None] = why_not_replaceable_any,
+                 inner: str | None = None) -> None:
+    """Move the stage (or the file `inner` inside it) into place (see the module docstring),
+    then close it; a signal that arrived meanwhile raises once the commit is done."""
+    with signals.deferred():
+        signals.raise_if_received()  # interrupted, though a library swallowed the exception
+        if inner is None:
+            _commit(stage.path, stage.dest, force, what, check)
+        else:
+            _commit(stage.path / inner, stage.dest, force, what, check)
+            discard_stage(stage)
+
+
+def discard_stage(stage: Stage) -> None:
+    """Remove the stage and everything in it (if it is still ours: not the old OUT a failed
+    swap-back left there)."""
+    with signals.deferred():
+        if stage.fd >= 0:
+            if _still_at(stage.fd, stage.path):
+                shutil.rmtree(stage.path, ignore_errors=True)
+            os.close(stage.fd)
+            stage.fd = -1
+
+
+def close_stage(stage: Stage) -> None:
+    """Forget a committed stage (its folder is OUT now)."""
+    if stage.fd >= 0:
+        os.close(stage.fd)
+        stage.fd = -1
+
+
 @contextlib.contextmanager
 def staged_dir(out: Path, force: bool = False, sources: Iterable[Path | None] = ()) -> Iterator[Path]:
     """Yield an empty staging folder beside `out`; on success it is committed into place (see the
     module docstring), on any error (including Ctrl-C and SIGTERM) it is removed and `out` is
     left as it was."""
-    sources = list(sources)
-    dest = check_destination(out, force, sources)
-    remove_stale_staging(dest.real)
+    stage = open_stage(check_destination(out, force, list(sources)))
     try:
-        stage, fd = _new_staging(dest.real)
-    except OSError as err:
-        raise ConvertError(f"cannot create a staging folder beside {printable(out)}: {err.strerror}") from None
-    try:
-        yield stage
-        with signals.deferred():
-            signals.raise_if_received()  # interrupted, though a library swallowed the exception
-            _commit(stage, dest, force, "OUT", why_not_replaceable_any)
+        yield stage.path
+        commit_stage(stage, force)
     except BaseException:
-        with signals.deferred():
-            if _still_at(fd, stage):  # ours still: not the old OUT left there by a failed swap-back
-                shutil.rmtree(stage, ignore_errors=True)
+        discard_stage(stage)
         raise
     finally:
-        os.close(fd)
+        close_stage(stage)
 
 
 def write_file(path: Path, data: bytes, replace: bool = False, what: str = "output",
@@ -306,7 +380,7 @@ def write_file(path: Path, data: bytes, replace: bool = False, what: str = "outp
     moved into place, never over what `check` refuses, and over an existing file only when
     `replace`."""
     dest = Destination(Path(path), resolve(Path(path), what))
-    tmp = dest.real.with_name(f".{dest.real.name}.{uuid.uuid4().hex}.tmp")
+    tmp = dest.real.with_name(f".{fitting(dest.real.name, _NAME_MAX - 22)}.{uuid.uuid4().hex[:16]}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         with os.fdopen(fd, "wb") as f:

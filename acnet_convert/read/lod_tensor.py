@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import BinaryIO, Callable, Iterator, Union
 
 import numpy as np
 
@@ -138,12 +138,14 @@ def _parse_tensor_desc(desc: Data, name: str) -> tuple[int, list[int]]:
     return data_type, dims
 
 
-def _parse_header(at: Callable[[int, int], Data], size: int, name: str) -> tuple[int, np.dtype, tuple[int, ...]]:
+def _parse_header(at: Callable[[int, int], Data], size: int, name: str,
+                  exact: bool = True) -> tuple[int, np.dtype, tuple[int, ...]]:
     """Check a LoDTensor's header; return (data offset, dtype, shape).
 
-    `at(pos, n)` returns n bytes at pos of a tensor whose total size is `size`; every length in
-    the header is checked against `size` before it is used. Messages quote no bytes of a file
-    that fails the first checks: a stray text file is refused without being echoed.
+    `at(pos, n)` returns n bytes at pos of a tensor whose total size is `size` (with `exact`
+    False, of the bytes that remain: more tensors may follow); every length in the header is
+    checked against `size` before it is used. Messages quote no bytes of a file that fails the
+    first checks: a stray text file is refused without being echoed.
     """
 
     def take(pos: int, n: int, what: str) -> Data:
@@ -180,7 +182,7 @@ def _parse_header(at: Callable[[int, int], Data], size: int, name: str) -> tuple
         raise _bad(name, f"unknown data type code {data_type}")
     have = size - pos
     want = data_nbytes(dims, dtype.itemsize, have)
-    if want != have:
+    if want != have and (exact or want > have):
         shape = "x".join(map(str, dims)) or "scalar"
         if want > have:
             raise _bad(name, f"header says {shape} {dtype.name} but only {have} data bytes follow; truncated?")
@@ -248,6 +250,18 @@ def _read_file(f: BinaryIO, name: str, hasher=None) -> np.ndarray:
         hasher.update(buf)
     # the array is a view of our private bytearray: writable, and no second copy
     return _array(buf, 0, dtype, shape, name, copy=False)
+
+
+def combined_headers(read_at: Callable[[int, int], bytes], size: int, name: str) -> Iterator[tuple[np.dtype, tuple[int, ...]]]:
+    """(dtype, shape) of each tensor of a combined parameters file (`.pdiparams`: the
+    LoDTensors of a program's parameters one after the other), from their headers alone: no
+    data is read, and every header is checked against the bytes that remain. `read_at(pos, n)`
+    reads n bytes at pos."""
+    pos = 0
+    while pos < size:
+        offset, dtype, shape = _parse_header(lambda at, n: read_at(pos + at, n), size - pos, name, exact=False)
+        yield dtype, shape
+        pos += offset + data_nbytes(shape, dtype.itemsize, size)
 
 
 def looks_like_lod_tensor(head: bytes) -> bool:

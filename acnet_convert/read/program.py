@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+import os
+import shutil
+import tempfile
 import threading
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.phase import PADDLE, phase
 from acnet_convert.common.quiet import import_paddle, silenced
+from acnet_convert.common.regular_file import open_regular, read_into
 from acnet_convert.common.text import one_line, printable
+from acnet_convert.read.program_check import Declared, check_legacy, check_parameters, check_pir
 
 PIR, LEGACY = "pir", "legacy"
 PROGRAM_SUFFIXES = {".json": PIR, ".pdmodel": LEGACY}
@@ -110,16 +115,6 @@ def program_files(path: Path) -> tuple[Path, Path] | None:
     return programs[0], programs[0].with_suffix(PARAMS_SUFFIX)
 
 
-def _sha256(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _short_stack(f: Any = None, limit: int | None = None) -> traceback.StackSummary:
     return _extract_stack(f, limit=1 if limit is None else limit)
 
@@ -146,51 +141,109 @@ def static_mode() -> Iterator[Any]:
             paddle.disable_static()
 
 
-def _check_json_program(path: Path) -> None:
-    # Paddle's own JSON parser aborts the process on some malformed files: look first
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{printable(path)} is not a Paddle program: not valid JSON ({one_line(err)})") from None
-    except RecursionError:
-        raise ConvertError(f"{printable(path)} is not a Paddle program: JSON nested too deeply") from None
-    if not isinstance(data, dict) or "program" not in data:
-        raise ConvertError(f"{printable(path)} is not a Paddle inference program (no 'program' entry)")
+class _Held:
+    """The program and parameters files, opened (regular files, without blocking) and checked,
+    then handed to Paddle through a private folder of links to the open descriptors
+    (/proc/self/fd/N): Paddle reads exactly the files that were checked, even if the names are
+    swapped meanwhile for a FIFO (whose open would block forever) or another file."""
+
+    def __init__(self, program_file: Path, params_file: Path, follow: bool) -> None:
+        self.files = [open_regular(program_file, follow=follow), open_regular(params_file, follow=follow)]
+        self.folder: Path | None = None
+        try:
+            self.sizes = [os.fstat(f.fileno()).st_size for f in self.files]
+            self.prefix = program_file.with_suffix("")
+            if os.path.isdir("/proc/self/fd"):  # elsewhere Paddle opens the names (checked, not held)
+                self.folder = Path(tempfile.mkdtemp(prefix="acnet-program-"))
+                self.prefix = self.folder / "model"
+                for f, suffix in zip(self.files, (program_file.suffix, PARAMS_SUFFIX)):
+                    os.symlink(f"/proc/self/fd/{f.fileno()}", self.prefix.with_suffix(suffix))
+        except BaseException:
+            self.close()
+            raise
+
+    def read_at(self, which: int) -> Callable[[int, int], bytes]:
+        fd = self.files[which].fileno()
+        return lambda pos, n: os.pread(fd, n, pos)
+
+    def read_all(self, which: int, shown: Path) -> bytes:
+        data = bytearray(self.sizes[which])
+        read_into(self.files[which], memoryview(data), shown)
+        return bytes(data)
+
+    def sha256(self, names: tuple[str, str]) -> str:
+        """The digest fuse has always recorded: each file's name, a NUL, its bytes."""
+        digest = hashlib.sha256()
+        for f, size, name in zip(self.files, self.sizes, names):
+            digest.update(name.encode() + b"\0")
+            pos = 0
+            while pos < size:
+                chunk = os.pread(f.fileno(), min(1 << 20, size - pos), pos)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                pos += len(chunk)
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def load_program(program_file: Path, params_file: Path) -> Program:
-    """Load an inference program and its parameters into a private scope."""
+def _check_op_names(program: Any, declared: Declared, program_file: Path) -> None:
+    """An op name no dialect registers loads as an op without a name, on which Paddle's save
+    crashes (SIGSEGV): refuse it, by its name in the file."""
+    for position, op in enumerate(program.global_block().ops):
+        if not op.name():
+            name = declared.ops[position] if position < len(declared.ops) else "?"
+            raise ConvertError(f"{printable(program_file)}: op #{position} {printable(name.split('.', 1)[-1], 80)} "
+                               "is not an op this Paddle knows")
+
+
+def load_program(program_file: Path, params_file: Path, follow_links: bool = True) -> Program:
+    """Load an inference program and its parameters into a private scope, after checking what
+    can be checked without Paddle (`program_check`). `follow_links` False: either file may not
+    be a symbolic link (OUT's files, which fuse writes as regular files)."""
     program_file, params_file = Path(program_file), Path(params_file)
     fmt = PROGRAM_SUFFIXES.get(program_file.suffix)
     if fmt is None:
         raise ConvertError(f"{printable(program_file)}: expected a .json or .pdmodel Paddle program")
     for path in (program_file, params_file):
-        if not path.is_file():
+        if not os.path.lexists(path):  # what is there but not a regular file is named by open_regular
             raise ConvertError(f"{printable(path)} is missing: an inference model needs {program_file.stem}.json or .pdmodel and {program_file.stem}{PARAMS_SUFFIX}")
-    if fmt == PIR:
-        _check_json_program(program_file)
-    # hashing runs while Paddle parses (hashlib releases the GIL on large buffers)
-    digest: list[str] = []
-    hashing = threading.Thread(target=lambda: digest.append(_sha256(program_file, params_file)), daemon=True)
-    hashing.start()
-    prefix = str(program_file.with_suffix(""))
-    with static_mode() as paddle:
-        scope = paddle.static.Scope()
-        try:
-            with paddle.static.scope_guard(scope), silenced():
-                executor = paddle.static.Executor(paddle.CPUPlace())
-                if fmt == PIR:
-                    program, _feeds, _fetches = paddle.static.load_inference_model(prefix, executor)
-                else:
-                    with paddle.pir_utils.OldIrGuard():
-                        legacy, _feeds, _fetches = paddle.static.load_inference_model(prefix, executor)
-                    program = paddle.pir.translate_to_pir(legacy.desc)
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # noqa: BLE001 - Paddle raises many types for a bad file
-            raise ConvertError(f"{printable(program_file)} (with {printable(params_file.name)}) cannot be loaded by Paddle: {one_line(err)}") from None
-    hashing.join()
+    held = _Held(program_file, params_file, follow_links)
+    try:
+        text = held.read_all(0, program_file)
+        check = check_pir if fmt == PIR else check_legacy
+        declared = check(text, printable(program_file))
+        del text
+        check_parameters(declared, held.read_at(1), held.sizes[1], printable(params_file), printable(program_file.name))
+        # hashing runs while Paddle parses (hashlib and pread release the GIL)
+        digest: list[str] = []
+        hashing = threading.Thread(target=lambda: digest.append(held.sha256((program_file.name, params_file.name))),
+                                   daemon=True)
+        hashing.start()
+        with phase("loading", program_file, PADDLE), static_mode() as paddle:
+            scope = paddle.static.Scope()
+            try:
+                with paddle.static.scope_guard(scope), silenced():
+                    executor = paddle.static.Executor(paddle.CPUPlace())
+                    if fmt == PIR:
+                        program, _feeds, _fetches = paddle.static.load_inference_model(str(held.prefix), executor)
+                    else:
+                        with paddle.pir_utils.OldIrGuard():
+                            legacy, _feeds, _fetches = paddle.static.load_inference_model(str(held.prefix), executor)
+                        program = paddle.pir.translate_to_pir(legacy.desc)
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # noqa: BLE001 - Paddle raises many types for a bad file
+                raise ConvertError(f"{printable(program_file)} (with {printable(params_file.name)}) cannot be loaded by Paddle: {one_line(err)}") from None
+        _check_op_names(program, declared, program_file)
+        hashing.join()
+    finally:
+        held.close()
     if not digest:
         raise ConvertError(f"cannot read {printable(program_file)} or {printable(params_file.name)} to hash them")
     return Program(program, scope, program_file, params_file, fmt, digest[0])

@@ -15,6 +15,7 @@ import numpy as np
 
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.text import printable
+from acnet_convert.graph.attributes import check_attributes
 from acnet_convert.graph.ir import Block, Graph, Input, Node, TensorInfo, unique_name
 from acnet_convert.read.program import Program
 
@@ -252,6 +253,7 @@ def read_graph(source: Program) -> Graph:
     source.values = reader.names.where
     graph = Graph(nodes, reader.inputs, reader.outputs, reader.tensors, reader.weights, reader.constants,
                   reader.output_names)
+    check_attributes(graph, printable(source.path))
     return merge_conv_bias(graph).pruned()
 
 

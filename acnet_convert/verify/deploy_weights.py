@@ -50,7 +50,7 @@ def check_deploy_weights(models: list[DeployModel], artifacts: Artifacts, keep: 
     kept: dict[str, np.ndarray] = {}
     geometry = None
     for i, model in enumerate(models):
-        loaded = load_program(model.program, model.params)
+        loaded = load_program(model.program, model.params, follow_links=False)
         model.ops = op_names(loaded.ops)
         seen = set()
         for name, value in _loaded_parameters(loaded):

@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from acnet_convert.out.deploy_config import Preprocess
+from acnet_convert.common.budgets import IMAGE_PIXELS
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.regular_file import kind_of, not_a_file
 from acnet_convert.common.text import one_line, printable
@@ -85,7 +86,7 @@ def read_labels(path: Path) -> dict[str, int]:
         if not line or line.startswith("#"):
             continue
         parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].isdigit():
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()):  # "²" is a digit, not a number
             raise ConvertError(f"--labels {printable(path)} line {number}: expected 'name index', got {printable(line, 80)}")
         labels[parts[0].replace("\\", "/")] = int(parts[1])
     if not labels:
@@ -161,14 +162,14 @@ def load_image(path: Path, preprocess: Preprocess) -> np.ndarray:
             except UnidentifiedImageError:  # its message names the file object, not the file
                 raise ValueError("not an image Pillow can read (unknown format or damaged header)") from None
             with opened:
+                w, h = opened.size  # from the header: the budgets apply before anything is decoded
+                size = _resized(w, h, preprocess)
+                if w * h > IMAGE_PIXELS or size[0] * size[1] > IMAGE_PIXELS:
+                    raise ValueError(f"{w}x{h} pixels, resized to {size[1]}x{size[0]} before the crop: more than "
+                                     f"{IMAGE_PIXELS >> 20} Mpixel")
                 opened.load()
                 image = ImageOps.exif_transpose(opened).convert("RGB")
-    w, h = image.size
-    if preprocess.resize is not None:  # the whole image to (H, W)
-        size = preprocess.resize
-    else:
-        percent = preprocess.resize_short / min(w, h)
-        size = (int(round(h * percent)), int(round(w * percent)))  # (h, w)
+    size = _resized(*image.size, preprocess)  # EXIF orientation may have swapped the sides
     image = F.resize(image, size, interpolation=preprocess.interpolation)
     ch, cw = preprocess.crop
     if (ch, cw) != size:
@@ -178,6 +179,15 @@ def load_image(path: Path, preprocess: Preprocess) -> np.ndarray:
     std = np.asarray(preprocess.std, np.float32).reshape(1, 1, 3)
     x = (x * np.float32(preprocess.scale) - mean) / std
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def _resized(w: int, h: int, preprocess: Preprocess) -> tuple[int, int]:
+    """(h, w) of a w x h image after ResizeImage: the whole image to `resize`, or its short side
+    to `resize_short`."""
+    if preprocess.resize is not None:
+        return preprocess.resize
+    percent = preprocess.resize_short / max(1, min(w, h))
+    return int(round(h * percent)), int(round(w * percent))
 
 
 @dataclass

@@ -26,8 +26,10 @@ import numpy as np
 
 from acnet_convert.verify.device import Device
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.phase import ORT, PADDLE, phase
 from acnet_convert.common.quiet import import_paddle, is_verbose, silenced
 from acnet_convert.common.protobuf_fields import fields
+from acnet_convert.common.regular_file import open_regular
 from acnet_convert.common.text import one_line, printable
 
 MAX_THREADS = 8
@@ -59,11 +61,17 @@ class Runner:
     notes: list[str] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)  # ONNX Runtime's, in order
     close: Callable[[], None] = lambda: None
+    runtime: str = PADDLE  # the native library that runs it (`common.phase`)
     accepts: Callable[[tuple[int, ...]], bool] = lambda _shape: True  # can it run a batch of [C, H, W]?
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         step = max(1, CHUNK_PIXELS // max(1, int(np.prod(batch.shape[2:]))))
-        return self.run(batch) if len(batch) <= step else in_steps(self.run, batch, step)
+        return self._chunk(batch) if len(batch) <= step else in_steps(self._chunk, batch, step)
+
+    def _chunk(self, chunk: np.ndarray) -> list[np.ndarray]:
+        # each chunk is a step of its own: a run that goes silent longer than one chunk takes is hung
+        with phase("running", self.path, self.runtime):
+            return self.run(chunk)
 
 
 def in_steps(run: Callable[[np.ndarray], list[np.ndarray]], batch: np.ndarray, step: int) -> list[np.ndarray]:
@@ -157,7 +165,8 @@ def paddle_predictor(name: str, program: Path, params: Path, device: Device, *, 
     avoid = passes_to_avoid(ops)
     onednn = BN_WITHOUT_AFFINE not in set(ops)
     try:
-        predictor = _predictor(program, params, device, as_written, onednn=onednn, avoid=avoid)
+        with phase("loading into paddle.inference", program, PADDLE):
+            predictor = _predictor(program, params, device, as_written, onednn=onednn, avoid=avoid)
     except Exception as err:  # noqa: BLE001 - Paddle raises many types for a bad model
         raise ConvertError(f"{printable(program)} cannot be loaded by paddle.inference: {one_line(err)}") from None
     inputs = predictor.get_input_names()
@@ -310,11 +319,12 @@ def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str 
     ONNX Runtime's graph optimisations off (no BatchNorm folded into a Conv): every node computed
     as the model says."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ConvertError(f"--onnx {printable(path)} does not exist")
-    with silenced():
+    open_regular(path, follow=True).close()  # a FIFO would block ONNX Runtime's open forever
+    with phase("importing", "ONNX Runtime", ORT), silenced():
         import onnxruntime as ort
-
+    with silenced():
         options = ort.SessionOptions()
         # a node that fails at run time is our one line (the error's own message), not ORT's log
         options.log_severity_level = 3 if is_verbose() else 4
@@ -324,7 +334,8 @@ def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str 
         if as_written:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=list(device.ort_providers))
+            with phase("loading", path, ORT):
+                session = ort.InferenceSession(str(path), sess_options=options, providers=list(device.ort_providers))
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
             raise ConvertError(f"{printable(path)} is corrupt or not a valid ONNX model: {one_line(err)}") from None
     inputs = session.get_inputs()
@@ -361,7 +372,7 @@ def onnx_session(path: Path, device: Device, image_shape: Any = None, name: str 
         return once(batch) if step is None else in_steps(once, batch, step)
 
     providers = list(session.get_providers())
-    runner = Runner(name, path, run, fp16=fp16, close=lambda: state.clear(), accepts=accepts)
+    runner = Runner(name, path, run, fp16=fp16, close=lambda: state.clear(), runtime=ORT, accepts=accepts)
     runner.notes.append(f"ONNX Runtime ran {printable(path.name)} with {', '.join(providers)}"
                         + (f", batch fixed to {step}: fed in steps" if step else "")
                         + (", in float16" if fp16 else ""))

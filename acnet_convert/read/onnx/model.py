@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.phase import ONNX, phase
 from acnet_convert.common.protobuf_fields import fields
 from acnet_convert.common.regular_file import file_size, open_regular
 from acnet_convert.common.text import one_line, printable
@@ -233,10 +234,15 @@ def check_structure(proto: Any, full_check: bool = False) -> None:
 
 def load_onnx(path: Path | str, check: bool = True) -> OnnxModel:
     """Read `path` (and its external data) into an `OnnxModel`; a file that is not a valid ONNX
-    model is one ConvertError naming it. `check=False` skips onnx.checker (a model fuse wrote)."""
+    model is one ConvertError naming it. `check=False` skips onnx.checker (a model fuse wrote).
+    Announced as a phase: protobuf and onnx.checker are native code on an untrusted file."""
+    with phase("loading", path, ONNX):
+        return _load_onnx(Path(path), check)
+
+
+def _load_onnx(path: Path, check: bool) -> OnnxModel:
     import onnx
 
-    path = Path(path)
     with open_regular(path) as f:
         size = file_size(f)
         if size > MAX_MODEL_BYTES:

@@ -19,6 +19,7 @@ import numpy as np
 
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.text import printable
+from acnet_convert.graph.attributes import check_attributes
 from acnet_convert.graph.ir import Block, Graph, Node, TensorInfo
 from acnet_convert.read.onnx.model import OnnxModel
 from acnet_convert.read.onnx.ops import DTYPES, BadNode, translate
@@ -237,4 +238,6 @@ def read_graph(model: OnnxModel) -> Graph:
         elif i not in absorbed:
             nodes.append(reader.node(onnx_node))
     outputs = [o.name for o in g.output]
-    return Graph(nodes, feeds, outputs, reader.tensors, reader.weights, reader.constants, list(outputs))
+    graph = Graph(nodes, feeds, outputs, reader.tensors, reader.weights, reader.constants, list(outputs))
+    check_attributes(graph, printable(model.path))  # the geometry of every conv and pool, before any arithmetic
+    return graph

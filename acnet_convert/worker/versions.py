@@ -1,8 +1,6 @@
 """`--version`: the tool and the components it runs on, with what each can run on (CPU, CUDA)."""
 from __future__ import annotations
 
-import click
-
 from acnet_convert import __version__
 from acnet_convert.common import quiet
 from acnet_convert.common.text import one_line
@@ -16,7 +14,8 @@ _COMPONENTS = (
 )
 
 
-def _versions() -> str:
+def versions() -> str:
+    """One line per component: its version and what it can run on."""
     from importlib.metadata import PackageNotFoundError, version
 
     lines = [f"acnet-convert {__version__}"]
@@ -52,9 +51,3 @@ def _gpu_support(label: str, distribution: str) -> str:
     except Exception as err:  # noqa: BLE001 - a broken install still gets its version line
         return f" (cannot be imported: {one_line(err)})"
     return ""
-
-
-def print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(_versions())
-        ctx.exit()

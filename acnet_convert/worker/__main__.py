@@ -1,0 +1,3 @@
+from acnet_convert.worker.main import main
+
+main()
