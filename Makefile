@@ -32,8 +32,9 @@ demo: install $(DEMO_CKPT)
 	$(BIN)/acnet-convert fuse $(DEMO_CKPT) $(DEMO_OUT) --onnx --force
 	$(BIN)/acnet-convert verify $(DEMO_OUT)
 
+# one worker per CPU (tests/conftest.py pins each to its own); a file's tests share a worker and its fixtures
 test: install-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: install-test
 	$(BIN)/python bench/run_all.py

@@ -11,6 +11,24 @@ import pytest
 # glog reads these when paddle is imported; the suite has no use for its chatter
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+
+def _pin_xdist_worker() -> None:
+    """Under pytest-xdist (`make test` runs `-n auto`), each worker keeps to one CPU of its own,
+    and so do the processes it starts: Paddle, oneDNN and ONNX Runtime size their thread pools
+    by the CPUs they may use, and two workers each spinning two threads on two cores spent a
+    sixth of the suite's CPU time in the kernel."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if count <= len(cpus):
+        os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+_pin_xdist_worker()
+
 from fixtures.make_checkpoint import make_checkpoint  # noqa: E402
 # the rep_blocks exports, one per session: defined there, registered here (a fixture imported into
 # a test module would be that module's own, exported again)

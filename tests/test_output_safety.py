@@ -278,3 +278,27 @@ def test_a_signal_while_the_staging_folder_is_made_leaves_nothing(tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         staging.open_stage(staging.check_destination(tmp_path / "out", False))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_staging_folder_taken_for_stale_before_it_is_locked_is_made_again(tmp_path: Path, monkeypatch) -> None:
+    """Two fuses into one OUT: the second's stale-folder sweep may remove the first's staging
+    folder between its mkdtemp and its lock. Old: 'cannot create a staging folder ...: No such
+    file or directory'. Now the first makes another and goes on."""
+    import tempfile
+
+    real_mkdtemp, swept = tempfile.mkdtemp, []
+
+    def mkdtemp_then_swept(**kwargs):
+        folder = real_mkdtemp(**kwargs)
+        if not swept:  # the other run's sweep, once
+            os.rmdir(folder)
+            swept.append(folder)
+        return folder
+
+    monkeypatch.setattr(staging.tempfile, "mkdtemp", mkdtemp_then_swept)
+    folder, fd = staging.locked_folder(tmp_path, ".out.partial-")
+    try:
+        assert swept and folder.is_dir() and str(folder) != swept[0]
+        assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+    finally:
+        os.close(fd)

@@ -181,7 +181,10 @@ def locked_folder(parent: Path, prefix: str, mode: int | None = None) -> tuple[P
         folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         fd = -1
         try:
-            fd = _open_dir(folder)
+            try:
+                fd = _open_dir(folder)
+            except FileNotFoundError:  # another run took it for stale before it was locked: make another
+                continue
             _flock(fd, _LOCK_WAIT)
             if _still_at(fd, folder):  # not removed as stale between mkdtemp and flock
                 os.fchmod(fd, (0o777 & ~umask) if mode is None else mode)
