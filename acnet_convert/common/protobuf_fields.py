@@ -6,9 +6,13 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 
-def _varint(data: Any, i: int) -> tuple[int, int]:
+def varint(data: Any, i: int) -> tuple[int, int]:
+    """The varint at data[i] and the index after it; ValueError when it runs past the end or
+    past 64 bits."""
     value = shift = 0
     while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
         byte = data[i]
         value |= (byte & 0x7F) << shift
         i += 1
@@ -23,13 +27,13 @@ def fields(data: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int
     runs past the end."""
     i = start
     while i < end:
-        key, i = _varint(data, i)
+        key, i = varint(data, i)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value, i = _varint(data, i)
+            value, i = varint(data, i)
             yield number, wire, value, i
         elif wire == 2:
-            size, i = _varint(data, i)
+            size, i = varint(data, i)
             if i + size > end:
                 raise IndexError("a field runs past the end of its message")
             yield number, wire, i, i + size

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.common.protobuf_fields import fields, varint
 from acnet_convert.common.text import one_line, printable
 from acnet_convert.read.lod_tensor import VAR_TYPES, combined_headers
 
@@ -196,37 +197,10 @@ def _tensor_type(typed: Any) -> tuple[str | None, tuple[int, ...] | None]:
 # legacy .pdmodel (ProgramDesc)
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return value, i
-        shift += 7
-
-
 def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value: an int, or the bytes of a length-delimited field)."""
-    i = 0
-    while i < len(data):
-        key, i = _varint(data, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(data, i)
-        elif wire == 2:
-            size, i = _varint(data, i)
-            if size > len(data) - i:
-                raise ValueError("a field runs past its message")
-            value, i = data[i:i + size], i + size
-        elif wire in (1, 5):
-            value, i = None, i + (8 if wire == 1 else 4)
-        else:
-            raise ValueError(f"wire type {wire}")
-        yield number, wire, value
+    for number, wire, value, end in fields(data, 0, len(data)):
+        yield number, wire, (value if wire == 0 else data[value:end])
 
 
 _LOD_TENSOR = 7  # VarType.Type
@@ -248,7 +222,7 @@ def check_legacy(data: bytes, shown: str) -> Declared:
                     parameters.append(parameter)
                 elif kind is not None:
                     complete = False
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, IndexError, UnicodeDecodeError) as err:
         raise ConvertError(f"{shown} is not a Paddle program (ProgramDesc): {err}") from None
     return Declared([], sorted(parameters, key=lambda p: p.name), complete)
 
@@ -288,7 +262,7 @@ def _tensor_desc(desc: bytes) -> tuple[int | None, list[int]]:
         elif number == 2 and wire == 2:
             i = 0
             while i < len(value):
-                d, i = _varint(value, i)
+                d, i = varint(value, i)
                 dims.append(d - (1 << 64) if d >= 1 << 63 else d)
     return dtype, dims
 
