@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -29,16 +30,21 @@ def cnn_models(tmp_path_factory: pytest.TempPathFactory):
 
     The first request of a format exports every model in that format in one child process
     (a Paddle import is most of the cost of one export)."""
-    root = tmp_path_factory.mktemp("cnn_models")
+    return exported(MODELS, tmp_path_factory.mktemp("cnn_models"))
+
+
+def exported(models: dict, root: Path) -> Callable[..., Path]:
+    """get(name, fmt="pir") -> the path prefix of `models[name]` exported in `fmt` under `root`;
+    the first request of a format exports every model in one child process."""
     made: dict[tuple, Path] = {}
 
     def get(name: str, fmt: str = "pir") -> Path:
         if fmt not in FORMATS:
             raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-        if name not in MODELS:
-            raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+        if name not in models:
+            raise KeyError(f"unknown model {name!r}; known: {', '.join(models)}")
         if (name, fmt) not in made:
-            for n, prefix in export_many(MODELS, root / fmt, fmt, seed=SEED).items():
+            for n, prefix in export_many(models, root / fmt, fmt, seed=SEED).items():
                 made[(n, fmt)] = prefix
         return made[(name, fmt)]
 

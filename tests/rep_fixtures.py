@@ -10,15 +10,15 @@ tests/conftest.py registers them, so every module shares one export per format.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from fixtures.export_model import FORMATS, export_many, reference_outputs  # noqa: E402
+from fixtures.export_model import reference_outputs  # noqa: E402
 from fixtures.rep_blocks import MODELS  # noqa: E402
+from tests.cnn_fixtures import exported  # noqa: E402
 
 SEED = 0
 
@@ -27,18 +27,7 @@ SEED = 0
 def rep_models(tmp_path_factory: pytest.TempPathFactory):
     """rep_models(name, fmt="pir") -> path prefix of the exported model; the first request of a
     format exports all of them in one child process (about 6 s)."""
-    root = tmp_path_factory.mktemp("rep_blocks")
-    made: dict[tuple[str, str], Path] = {}
-
-    def get(name: str, fmt: str = "pir") -> Path:
-        if fmt not in FORMATS or name not in MODELS:
-            raise KeyError(f"unknown model or format {name!r}, {fmt!r}")
-        if (name, fmt) not in made:
-            for n, prefix in export_many(MODELS, root / fmt, fmt, seed=SEED).items():
-                made[(n, fmt)] = prefix
-        return made[(name, fmt)]
-
-    return get
+    return exported(MODELS, tmp_path_factory.mktemp("rep_blocks"))
 
 
 @pytest.fixture(scope="session")
