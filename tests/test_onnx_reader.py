@@ -179,6 +179,47 @@ def test_models_that_cannot_be_folded_are_refused_naming_the_node(tmp_path, make
     assert str(path) in str(err.value) and needle in str(err.value) and "\n" not in str(err.value)
 
 
+def _conv_bn(tmp_path: Path, spoil: str | None = None) -> Path:
+    """x -> Conv(w, b) -> BatchNormalization -> y, with one of its tensors made wrong by `spoil`."""
+    c = 2
+    inits = {"w": weights(c, c, 3, 3), "b": weights(c), "gamma": weights(c), "beta": weights(c),
+             "mean": weights(c), "var": np.abs(weights(c)) + 0.5}
+    if spoil == "bias length":
+        inits["b"] = weights(c + 1)
+    elif spoil == "bias dtype":
+        inits["b"] = np.arange(c, dtype=np.int64)
+    elif spoil == "bn length":
+        inits["gamma"] = weights(c + 1)
+    elif spoil == "bn rank":
+        inits["var"] = np.abs(weights(c, 1)) + 0.5
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["conv", "gamma", "beta", "mean", "var"], ["y"])]
+    tensors = [tensor(n, a) for n, a in inits.items()]
+    if spoil == "input shadowed":  # an initializer named as the input: only its default (IR >= 4)
+        tensors.append(tensor("x", weights(1, c, 5, 5)))
+    return save(tmp_path / "m.onnx", nodes, tensors)
+
+
+@pytest.mark.parametrize("spoil, needle", [
+    (None, None),
+    ("bias length", "op #0 conv2d: bias b holds 3 values for 2 output channels"),
+    ("bias dtype", "op #0 conv2d: b is int64, not a float tensor"),
+    ("bn length", "op #1 batch_norm: gamma holds 3 values for 2 channels"),
+    ("bn rank", "op #1 batch_norm: var has shape [2, 1], not 1-D"),
+    ("input shadowed", "no graph input is left to feed (inputs: x)"),
+])
+def test_tensors_of_the_wrong_shape_or_type_are_refused_naming_them(tmp_path, spoil, needle):
+    """Old: an internal error from the BN folding's broadcasting (exit 4), or a fused model with
+    its input folded away as a constant (exit 0). The untouched model (the twin) opens."""
+    path = _conv_bn(tmp_path, spoil)
+    if needle is None:
+        assert open_onnx(path) is not None
+        return
+    with pytest.raises(ConvertError) as err:
+        open_onnx(path)
+    assert str(path) in str(err.value) and needle in str(err.value) and "\n" not in str(err.value)
+
+
 def _relu_with_external(tmp_path: Path, location: str, offset: int = 0, length: int = 32) -> Path:
     path = save(tmp_path / "m.onnx", [helper.make_node("Add", ["x", "w"], ["y"])], [tensor("w", np.zeros(8, np.float32))])
     model = onnx.load(str(path))

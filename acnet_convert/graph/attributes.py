@@ -45,19 +45,48 @@ def check_attributes(graph: Graph, source: str) -> None:
     _check_nodes(graph, graph.nodes, source)
 
 
-def _check_nodes(graph: Graph, nodes: Any, source: str) -> None:
+def _check_nodes(graph: Graph, nodes: Any, source: str, channels: dict[str, int] | None = None) -> None:
+    channels = {} if channels is None else channels  # a conv's output -> its channels
     for node in nodes:
         for block in node.attrs.get("branches", ()) if node.op == "if" else ():
-            _check_nodes(graph, block.nodes, source)
+            _check_nodes(graph, block.nodes, source, channels)
         if node.op in _CONVS:
-            _check_conv(graph, node, f"{source}: op #{node.origin[0] if node.origin else '?'} {printable(node.op)}")
+            _check_conv(graph, node, f"{source}: op #{node.origin[0] if node.origin else '?'} {printable(node.op)}",
+                        channels)
+        elif node.op == "batch_norm":
+            _check_batch_norm(graph, node, f"{source}: op #{node.origin[0] if node.origin else '?'} batch_norm",
+                              channels)
         elif node.op in _POOLS:
             where = f"{source}: op #{node.origin[0] if node.origin else '?'} {printable(node.op)}"
             _ints(node, "strides", 1, MAX_SIDE, where)
             _ints(node, "paddings", 0, MAX_SIDE, where, (2, 4))
 
 
-def _check_conv(graph: Graph, node: Node, where: str) -> None:
+def _parameter(graph: Graph, name: Any, where: str, rank: int) -> tuple[int, ...] | None:
+    """The shape of a weight the folding computes with, refused unless a float tensor of `rank`."""
+    array = (graph.weights.get(name, graph.constants.get(name))) if isinstance(name, str) else None
+    if array is None:
+        return None
+    if array.dtype.kind != "f":
+        raise ConvertError(f"{where}: {printable(name, 80)} is {array.dtype.name}, not a float tensor")
+    if array.ndim != rank:
+        raise ConvertError(f"{where}: {printable(name, 80)} has shape {list(array.shape)}, not {rank}-D")
+    return tuple(array.shape)
+
+
+def _check_batch_norm(graph: Graph, node: Node, where: str, channels: dict[str, int]) -> None:
+    data = _shape(graph, node.inputs[0])
+    count = channels.get(node.inputs[0]) if isinstance(node.inputs[0], str) else None
+    if count is None and data is not None and len(data) == 4 and data[1] > 0:
+        count = data[1]
+    for name in node.inputs[1:5]:
+        shape = _parameter(graph, name, where, 1)
+        if shape is not None and count is not None and shape[0] != count:
+            raise ConvertError(f"{where}: {printable(name, 80)} holds {shape[0]} values for {count} channels")
+        count = shape[0] if shape is not None else count
+
+
+def _check_conv(graph: Graph, node: Node, where: str, channels: dict[str, int]) -> None:
     _ints(node, "strides", 1, MAX_SIDE, where)
     dilations = _ints(node, "dilations", 1, MAX_SIDE, where) or [1, 1]
     paddings = _ints(node, "paddings", 0, MAX_SIDE, where, (2, 4)) or [0, 0]
@@ -65,13 +94,20 @@ def _check_conv(graph: Graph, node: Node, where: str) -> None:
     groups = node.attrs.get("groups", 1)
     if type(groups) is not int or groups < 1:
         raise ConvertError(f"{where}: groups {printable(groups, 40)} must be a positive integer")
-    weight = _shape(graph, node.inputs[1]) if len(node.inputs) > 1 else None
-    if weight is None or len(weight) != 4:
+    weight = _parameter(graph, node.inputs[1], where, 4) if len(node.inputs) > 1 else None
+    if weight is None:
         return
     transposed = node.op != "conv2d"
     out_channels = weight[1] * groups if transposed else weight[0]
     if out_channels % groups:
         raise ConvertError(f"{where}: groups {groups} does not divide its {out_channels} output channels")
+    # a conv2d's third operand is its bias (the reader merges Paddle's conv + add of a bias); a
+    # transposed conv's is its output size
+    bias = _parameter(graph, node.inputs[2], where, 1) if len(node.inputs) > 2 and not transposed else None
+    if bias is not None and bias[0] != out_channels:
+        raise ConvertError(f"{where}: bias {printable(node.inputs[2], 80)} holds {bias[0]} values for "
+                           f"{out_channels} output channels")
+    channels[node.outputs[0]] = out_channels
     data = _shape(graph, node.inputs[0])
     in_channels = weight[0] if transposed else weight[1] * groups
     if data is not None and len(data) == 4 and node.attrs.get("data_format", "NCHW") == "NCHW" \

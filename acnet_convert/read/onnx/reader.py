@@ -206,6 +206,10 @@ def read_graph(model: OnnxModel) -> Graph:
     reader = _Reader(model)
     g = model.proto.graph
     feeds = [v.name for v in g.input if v.name not in reader.weights and v.name not in reader.constants]
+    if not feeds:  # an initializer named as an input is only its default (IR >= 4): the input is still fed
+        shadowed = ", ".join(printable(v.name, 60) for v in g.input[:3]) or "none"
+        raise ConvertError(f"{printable(model.path)}: no graph input is left to feed (inputs: {shadowed}); an "
+                           "initializer of an input's name is only its default: export the model without it")
     reader.varying.update(feeds)
     for value in [*g.input, *g.output]:
         info = tensor_info(value.type)
