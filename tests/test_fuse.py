@@ -22,9 +22,10 @@ def run_inference_model(out: Path, images: np.ndarray) -> np.ndarray:
     return paddle_predict(out / "inference.json", out / "inference.pdiparams", images)[0][0]
 
 
+# both checkpoint forms at 18, the bottleneck plan at 50 (a .pdparams ResNet-50 is read by test_verify)
 @pytest.mark.parametrize(
     "depth,fmt,legacy_bias",
-    [(18, "vars", False), (18, "pdparams", False), (50, "vars", False), (50, "pdparams", False), (18, "vars", True)],
+    [(18, "vars", False), (18, "pdparams", False), (50, "vars", False), (18, "vars", True)],
 )
 def test_deploy_model_matches_static_train_program(fused, checkpoints, images, depth, fmt, legacy_bias) -> None:
     out = fused(depth, fmt, legacy_bias)
