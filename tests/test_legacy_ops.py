@@ -21,7 +21,7 @@ from acnet_convert.read.program_reader import read_graph
 from acnet_convert.write.legacy import ops as legacy_ops
 from acnet_convert.write.legacy import writer as legacy_writer
 from tests.predict import paddle_predict
-from tests.test_onnx_ops import _calibrate, _model_classes
+from tests.test_onnx_ops import _model_classes, export_layer
 
 TOL = 1e-5
 SIZE = 16
@@ -121,20 +121,12 @@ FAMILIES = SHARED + ["Norm", "Pool", "Shape", "Unary", "Interp1D3D"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
     """name -> path prefix of the exported PIR program."""
-    import paddle
-
     shared, own = _model_classes(), _legacy_classes()
     classes = {**{name: shared[name] for name in SHARED}, **own}
     root = tmp_path_factory.mktemp("legacy_ops")
     out = {}
     for seed, name in enumerate(FAMILIES):
-        paddle.seed(seed)
-        layer = classes[name]()
-        _calibrate(layer, seed)
-        layer.eval()
-        prefix = root / name / "inference"
-        paddle.jit.save(layer, str(prefix), input_spec=[paddle.static.InputSpec([None, 3, SIZE, SIZE], "float32", "image")])
-        out[name] = prefix
+        out[name] = export_layer(classes[name], seed, root / name / "inference", SIZE)
     return out
 
 

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from acnet_convert.cli import cli
 from acnet_convert.common.errors import ConvertError
+from acnet_convert.read.lod_tensor import tensor_desc
 from acnet_convert.read.source import open_source
 from tests.cnn_fixtures import cnn_models  # noqa: F401 - a fixture
 
@@ -168,17 +169,8 @@ def test_a_tampered_deploy_program_is_refused_by_export_onnx(cnn_models, tmp_pat
 
 
 def _lod_header(shape: list[int], code: int = 5) -> bytes:
-    desc = b"\x08" + bytes([code]) + b"".join(b"\x10" + _varint(d) for d in shape)
+    desc = tensor_desc(code, tuple(shape))
     return struct.pack("<IQIi", 0, 0, 0, len(desc)) + desc
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out.append(b | 0x80 if v else b)
-        if not v:
-            return bytes(out)
 
 
 def test_a_pdiparams_header_claiming_2_gib_is_refused_before_paddle_reads(cnn_models, tmp_path: Path) -> None:  # noqa: F811

@@ -294,22 +294,25 @@ DYNAMIC = {"Seg", "NetDyn"}
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
     """Every model exported once: name -> path prefix."""
-    import paddle
-
     classes = _model_classes()
     root = tmp_path_factory.mktemp("onnx_ops")
     out = {}
     for seed, (name, cls) in enumerate(sorted(classes.items()) + [("NetDyn", classes["Net"])]):
-        paddle.seed(seed)
-        layer = cls()
-        _calibrate(layer, seed)
-        layer.eval()
-        size = None if name in DYNAMIC else SIZE
-        spec = paddle.static.InputSpec([None, 3, size, size], "float32", "image")
-        prefix = root / name / "inference"
-        paddle.jit.save(layer, str(prefix), input_spec=[spec])
-        out[name] = prefix
+        out[name] = export_layer(cls, seed, root / name / "inference", None if name in DYNAMIC else SIZE)
     return out
+
+
+def export_layer(cls, seed: int, prefix: Path, size: int | None) -> Path:
+    """An instance of `cls`, seeded and calibrated, in eval mode, saved by paddle.jit.save at
+    `prefix` (input `image`, [N, 3, size, size]; None: any size)."""
+    import paddle
+
+    paddle.seed(seed)
+    layer = cls()
+    _calibrate(layer, seed)
+    layer.eval()
+    paddle.jit.save(layer, str(prefix), input_spec=[paddle.static.InputSpec([None, 3, size, size], "float32", "image")])
+    return prefix
 
 
 _graphs: dict[str, Graph] = {}

@@ -282,15 +282,8 @@ def verify(
             with log.timed("noise floor"):
                 noise, second, refused = _train_as_written(files, target, train_ops, first, candidates, seed,
                                                            allow_nonfinite)
-            judged = rtol if noise is None else widened_rtol(rtol, noise)
-            if judged > rtol:
-                log.say(f"float32 noise floor {noise:.1e} of the largest |output|: rtol widened to {judged:.2g}")
-            if candidates and second is None:
-                log.say(f"the train model runs at no size but {size_text(shape[1:])} ({'; '.join(refused)}): "
-                        "verified there only")
-            elif second is not None:
-                feed = MemoryFeed("random", Chained(feed.batches, RandomBatches(batch_size, 1, (shape[0], *second),
-                                                                                seed + 1)))
+            judged, feed = _after_first_batch(log, "train model", rtol, noise, feed, shape, candidates, second,
+                                              refused, batch_size, seed)
             release_memory()
 
         factories: list[Callable[[], Runner]] = [lambda: train_runner(files, target, Path(info.path), train_ops)]
@@ -318,6 +311,21 @@ def verify(
         per_layer_images=0 if layers is None else len(first), image_set=result.image_set,
         onnx_providers=result.providers, notes=log.notes, timings=log.timings, noise_floor=noise,
     )
+
+
+def _after_first_batch(log: _Log, model: str, rtol: float, noise: float | None, feed: Any, shape: tuple[int, ...],
+                       candidates: list[tuple[int, int]], second: tuple[int, int] | None, refused: list[str],
+                       batch_size: int, seed: int) -> tuple[float, Any]:
+    """What the source model as written told on the first batch: the rtol its float32 noise floor
+    widens to, and the feed with one batch at the second size it runs at (if any), each said."""
+    judged = rtol if noise is None else widened_rtol(rtol, noise)
+    if judged > rtol:
+        log.say(f"float32 noise floor {noise:.1e} of the largest |output|: rtol widened to {judged:.2g}")
+    if candidates and second is None:
+        log.say(f"the {model} runs at no size but {size_text(shape[1:])} ({'; '.join(refused)}): verified there only")
+    elif second is not None:
+        feed = MemoryFeed("random", Chained(feed.batches, RandomBatches(batch_size, 1, (shape[0], *second), seed + 1)))
+    return judged, feed
 
 
 def _onnx_runner(path: Path, target: Any, fed: list[tuple[int, ...]], explicit: bool, say: Callable[[str], None]

@@ -18,20 +18,20 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from acnet_convert.commands.verify import ONNX, TRAIN, _check_options, _feed, _Log, image_shape
+from acnet_convert.commands.verify import ONNX, TRAIN, _after_first_batch, _check_options, _feed, _Log, image_shape
 from acnet_convert.common.errors import ConvertError
 from acnet_convert.common.regular_file import not_a_file
-from acnet_convert.common.sizes import SizeLike, size_text
+from acnet_convert.common.sizes import SizeLike
 from acnet_convert.common.text import printable
 from acnet_convert.out.artifacts import Artifacts, Manifest
 from acnet_convert.read.onnx.model import OnnxModel, load_onnx
 from acnet_convert.verify.device import Device, resolve_device
-from acnet_convert.verify.feeds import Chained, ImageFeed, MemoryFeed, RandomBatches, Track
+from acnet_convert.verify.feeds import ImageFeed, Track
 from acnet_convert.verify.onnx_per_layer import compare_groups
 from acnet_convert.verify.report import SourceInfo, VerifyReport
 from acnet_convert.verify.runners import Runner, onnx_session, release_memory
 from acnet_convert.verify.sizes import accepted, second_sizes, takes_any_size
-from acnet_convert.verify.verdict import PairStats, noise_floor, widened_rtol
+from acnet_convert.verify.verdict import PairStats, noise_floor
 
 
 def open_onnx_source(manifest: Manifest, artifacts: Artifacts, override: Path | None,
@@ -148,15 +148,8 @@ def verify_onnx(
     if first is not None:
         with log.timed("noise floor"):
             noise, second, refused = _source_as_written(source_path, target, first, candidates, seed, allow_nonfinite)
-        judged = widened_rtol(rtol, noise)
-        if judged > rtol:
-            log.say(f"float32 noise floor {noise:.1e} of the largest |output|: rtol widened to {judged:.2g}")
-        if candidates and second is None:
-            log.say(f"the source model runs at no size but {size_text(shape[1:])} ({'; '.join(refused)}): "
-                    "verified there only")
-        elif second is not None:
-            feed = MemoryFeed("random", Chained(feed.batches, RandomBatches(batch_size, 1, (shape[0], *second),
-                                                                            seed + 1)))
+        judged, feed = _after_first_batch(log, "source model", rtol, noise, feed, shape, candidates, second, refused,
+                                          batch_size, seed)
     factories: list[Callable[[], Runner]] = [
         lambda: onnx_session(source_path, target, name=TRAIN, as_written=True),
         lambda: onnx_session(fused_path, target),

@@ -298,12 +298,13 @@ def _header_and_data(array: np.ndarray) -> tuple[bytes, memoryview]:
     if code is None:
         raise ValueError(f"Paddle's LoDTensor has no type for {arr.dtype} arrays")
     data = np.require(arr, dtype=dtype, requirements="C").reshape(-1)
-    desc = _tensor_desc(code, arr.shape)
+    desc = tensor_desc(code, arr.shape)
     header = struct.pack(_HEADER, 0, 0, 0, len(desc)) + desc
     return header, memoryview(data).cast("B")
 
 
-def _tensor_desc(code: int, shape: tuple[int, ...]) -> bytes:
+def tensor_desc(code: int, shape: tuple[int, ...]) -> bytes:
+    """The TensorDesc of a tensor of type `code` and `shape`, as a LoDTensor header holds it."""
     # what Paddle's TensorDesc serializer writes: data_type, then each dim unpacked (proto2)
     return b"\x08" + _encode_varint(code) + b"".join(b"\x10" + _encode_varint(d) for d in shape)
 
@@ -313,7 +314,7 @@ def serialized_size(array: np.ndarray) -> int:
     as code 0, as a size check needs no more)."""
     arr = np.asarray(array)
     code = _CODES.get(arr.dtype.newbyteorder("<"), 0)
-    return struct.calcsize(_HEADER) + len(_tensor_desc(code, arr.shape)) + arr.nbytes
+    return struct.calcsize(_HEADER) + len(tensor_desc(code, arr.shape)) + arr.nbytes
 
 
 def lod_tensor_bytes(array: np.ndarray) -> bytes:
